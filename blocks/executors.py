@@ -1,0 +1,329 @@
+"""Profile → NeMo-Run executor, tunnel and packager. The only place that builds them.
+
+One builder per executor kind, chosen from a table; each reads top to bottom as the NeMo-Run
+call it makes. nemo_run is imported inside the builders: importing it costs seconds and the
+CLI's fast paths never need it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
+
+from blocks.errors import ConfigError
+from blocks.profiles import (
+    DGXCloudProfile,
+    DockerProfile,
+    KubeRayProfile,
+    LeptonProfile,
+    LocalProfile,
+    SkypilotProfile,
+    SlurmProfile,
+    _Profile,
+)
+
+if TYPE_CHECKING:
+    import nemo_run as run
+
+#: What a secret looks like in anything we print or write while planning.
+REDACTED = "********"
+#: Where a Slurm job finds its secret env vars: a 0600 file beside the job, never the sbatch script.
+SLURM_SECRETS_FILE = ".nano3-secrets.env"
+
+
+@dataclass(frozen=True)
+class ExecutionTarget:
+    """How one job is launched: the profile plus what the stage and the command line decide."""
+
+    profile: _Profile
+    detached: bool = False
+    #: "torchrun" for multi-process training, None to run the script as it is.
+    launcher: str | None = None
+    #: False while planning: every secret becomes REDACTED before NeMo-Run ever sees it.
+    reveal_secrets: bool = True
+
+
+def _secret(value: SecretStr | None, target: ExecutionTarget) -> str | None:
+    if value is None:
+        return None
+    return value.get_secret_value() if target.reveal_secrets else REDACTED
+
+
+def _env(target: ExecutionTarget, *, with_secrets: bool = True) -> dict[str, str]:
+    env = dict(target.profile.env_vars)
+    if with_secrets:
+        env.update({k: _secret(v, target) or "" for k, v in target.profile.secret_env_vars.items()})
+    return env
+
+
+def build_packager(profile: _Profile) -> run.Packager:
+    """git (the repository at HEAD), pattern (matching files), hybrid (both), none (nothing)."""
+    import nemo_run as run
+
+    def git() -> run.GitArchivePackager:
+        return run.GitArchivePackager(
+            subpath=profile.subpath,
+            include_submodules=profile.include_submodules,
+            include_pattern=profile.include_pattern,
+        )
+
+    if profile.packager == "none":
+        return run.Packager()
+    if profile.packager == "git":
+        return git()
+    if profile.packager == "pattern":
+        if not profile.include_pattern:
+            raise ConfigError("packager = 'pattern' needs 'include_pattern'", key="include_pattern")
+        return run.PatternPackager(include_pattern=profile.include_pattern, relative_path=profile.relative_path)
+    # hybrid: the git archive, plus files outside git (data, generated configs) beside it.
+    if not profile.packager_include_pattern:
+        raise ConfigError("packager = 'hybrid' needs 'packager_include_pattern'", key="packager_include_pattern")
+    extra = run.PatternPackager(
+        include_pattern=profile.packager_include_pattern, relative_path=profile.relative_path or os.getcwd()
+    )
+    return run.HybridPackager(sub_packagers={"code": git(), "extra": extra}, extract_at_root=False)
+
+
+def build_tunnel(profile: SlurmProfile, target: ExecutionTarget) -> run.LocalTunnel | run.SSHTunnel:
+    import nemo_run as run
+    from nemo_run.config import get_nemorun_home
+
+    if profile.tunnel == "ssh":
+        # NeMo-Run's SSHTunnel asks for a passphrase interactively; a stored one is handed over
+        # through the environment of the submitting process only (see submit time), never here.
+        return run.SSHTunnel(
+            host=profile.host,
+            user=profile.user,
+            port=profile.port,
+            job_dir=profile.remote_job_dir,
+            identity=os.path.expanduser(profile.identity) if profile.identity else None,
+        )
+    # LocalTunnel copies nothing: sbatch must find the script where NeMo-Run wrote it.
+    return run.LocalTunnel(job_dir=profile.job_dir or os.path.join(get_nemorun_home(), "experiments"))
+
+
+def _local(target: ExecutionTarget) -> run.Executor:
+    import nemo_run as run
+
+    profile: LocalProfile = target.profile  # type: ignore[assignment]
+    launcher = "torchrun" if profile.nproc_per_node > 1 else target.launcher
+    return run.LocalExecutor(
+        ntasks_per_node=profile.nproc_per_node,
+        launcher=launcher,
+        env_vars=_env(target),
+        packager=build_packager(profile),
+    )
+
+
+def _docker(target: ExecutionTarget) -> run.Executor:
+    import nemo_run as run
+
+    profile: DockerProfile = target.profile  # type: ignore[assignment]
+    extra = {"network": profile.network} if profile.network else {}
+    return run.DockerExecutor(
+        container_image=profile.container_image,
+        num_gpus=profile.gpus_per_node,
+        ntasks_per_node=profile.nproc_per_node,
+        runtime=profile.runtime,
+        ipc_mode=profile.ipc_mode,
+        shm_size=profile.shm_size,
+        volumes=[os.path.expanduser(m) for m in profile.mounts],
+        env_vars=_env(target),
+        packager=build_packager(profile),
+        launcher=target.launcher,
+        **extra,
+    )
+
+
+def slurm_secret_setup_line(profile: SlurmProfile, job_dir: str) -> str | None:
+    """The sbatch line that loads secret env vars from a 0600 file written at submit time."""
+    if not profile.secret_env_vars:
+        return None
+    path = shlex.quote(os.path.join(job_dir, SLURM_SECRETS_FILE))
+    names = " ".join(sorted(profile.secret_env_vars))
+    return f"set +x; set -a; . {path}; set +a  # loads: {names}"
+
+
+def _slurm(target: ExecutionTarget) -> run.Executor:
+    import nemo_run as run
+
+    profile: SlurmProfile = target.profile  # type: ignore[assignment]
+    tunnel = build_tunnel(profile, target)
+    setup = [line for line in (profile.setup_lines, slurm_secret_setup_line(profile, tunnel.job_dir)) if line]
+    # pyxis flags only when there is an image: plain Slurm rejects --container-* (exit 127).
+    container = (
+        {"container_image": profile.container_image, "container_mounts": list(profile.mounts)}
+        if profile.container_image
+        else {}
+    )
+    optional = {
+        name: getattr(profile, name)
+        for name in ("gpus_per_node", "cpus_per_task", "mem", "qos", "constraint")
+        if getattr(profile, name) is not None
+    }
+    if profile.exclusive:
+        optional["exclusive"] = True
+    if profile.srun_args:
+        optional["srun_args"] = list(profile.srun_args)
+    return run.SlurmExecutor(
+        account=profile.account,
+        partition=profile.partition_for(target.detached),
+        nodes=profile.nodes,
+        ntasks_per_node=profile.ntasks_per_node or profile.gpus_per_node or 1,
+        time=profile.time,
+        tunnel=tunnel,
+        packager=build_packager(profile),
+        launcher=target.launcher,
+        # Secrets never go into the sbatch script: they are sourced from a file (setup_lines).
+        env_vars=_env(target, with_secrets=False),
+        setup_lines="\n".join(setup) or None,
+        **container,
+        **optional,
+    )
+
+
+def _dgxcloud(target: ExecutionTarget) -> run.Executor:
+    import nemo_run as run
+
+    profile: DGXCloudProfile = target.profile  # type: ignore[assignment]
+    return run.DGXCloudExecutor(
+        base_url=profile.base_url,
+        kube_apiserver_url=profile.kube_apiserver_url,
+        client_id=profile.client_id,
+        client_secret=_secret(profile.client_secret, target),
+        project_name=profile.project_name,
+        container_image=profile.container_image,
+        pvc_nemo_run_dir=profile.pvc_nemo_run_dir,
+        nodes=profile.nodes,
+        gpus_per_node=profile.gpus_per_node,
+        nprocs_per_node=profile.nprocs_per_node,
+        pvcs=[dict(p) for p in profile.pvcs],
+        distributed_framework=profile.distributed_framework,
+        custom_spec=dict(profile.custom_spec),
+        env_vars=_env(target),
+        packager=build_packager(profile),
+        launcher=target.launcher,
+    )
+
+
+def _lepton(target: ExecutionTarget) -> run.Executor:
+    import nemo_run as run
+
+    profile: LeptonProfile = target.profile  # type: ignore[assignment]
+    mounts = [
+        {"path": m.path, "mount_path": m.mount_path, **({"from": m.from_} if m.from_ else {})} for m in profile.mounts
+    ]
+    return run.LeptonExecutor(
+        container_image=profile.container_image,
+        nemo_run_dir=profile.nemo_run_dir,
+        nodes=profile.nodes,
+        gpus_per_node=profile.gpus_per_node,
+        nprocs_per_node=profile.nprocs_per_node,
+        shared_memory_size=profile.shared_memory_size,
+        resource_shape=profile.resource_shape,
+        node_group=profile.node_group,
+        node_reservation=profile.node_reservation,
+        mounts=mounts,
+        image_pull_secrets=list(profile.image_pull_secrets),
+        ray_version=profile.ray_version,
+        custom_spec=dict(profile.custom_spec),
+        pre_launch_commands=list(profile.pre_launch_commands),
+        env_vars=_env(target),
+        packager=build_packager(profile),
+        launcher=target.launcher,
+    )
+
+
+def _require(module: str, executor: str, install: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"executor '{executor}' needs the '{module}' package, which is not installed",
+            key="executor",
+            hint=f"pip install {install}",
+        )
+
+
+def _skypilot(target: ExecutionTarget) -> run.Executor:
+    _require("sky", "skypilot", "'skypilot[all]'")
+    import nemo_run as run
+
+    profile: SkypilotProfile = target.profile  # type: ignore[assignment]
+    return run.SkypilotExecutor(
+        container_image=profile.container_image,
+        cloud=profile.cloud,
+        region=profile.region,
+        zone=profile.zone,
+        gpus=profile.gpus,
+        gpus_per_node=profile.gpus_per_node,
+        cpus=profile.cpus,
+        memory=profile.memory,
+        instance_type=profile.instance_type,
+        num_nodes=profile.nodes,
+        use_spot=profile.use_spot,
+        disk_size=profile.disk_size,
+        cluster_name=profile.cluster_name,
+        setup=profile.setup,
+        env_vars=_env(target),
+        packager=build_packager(profile),
+        launcher=target.launcher,
+    )
+
+
+def _kuberay(target: ExecutionTarget) -> run.Executor:
+    _require("kubernetes", "kuberay", "kubernetes")
+    from nemo_run.core.execution.kuberay import KubeRayExecutor, KubeRayWorkerGroup
+
+    profile: KubeRayProfile = target.profile  # type: ignore[assignment]
+    return KubeRayExecutor(
+        namespace=profile.namespace,
+        image=profile.image,
+        ray_version=profile.ray_version,
+        head_cpu=profile.head_cpu,
+        head_memory=profile.head_memory,
+        worker_groups=[
+            KubeRayWorkerGroup(group_name="workers", replicas=profile.workers, gpus_per_worker=profile.gpus_per_worker)
+        ],
+        env_vars=_env(target),
+        packager=build_packager(profile),
+    )
+
+
+#: executor kind → builder. Adding an executor means one model in blocks.profiles and one row here.
+BUILDERS: dict[str, Callable[[ExecutionTarget], Any]] = {
+    "local": _local,
+    "docker": _docker,
+    "slurm": _slurm,
+    "dgxcloud": _dgxcloud,
+    "lepton": _lepton,
+    "skypilot": _skypilot,
+    "kuberay": _kuberay,
+}
+
+
+def build_executor(target: ExecutionTarget) -> run.Executor:
+    return BUILDERS[target.profile.executor](target)
+
+
+def describe(obj: Any) -> Any:
+    """A plain, stable view of a NeMo-Run object (executor, tunnel, packager) for plans and golden files."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        view: dict[str, Any] = {"class": type(obj).__name__}
+        for f in dataclasses.fields(obj):
+            if not f.init or f.name.startswith("_"):
+                continue
+            view[f.name] = describe(getattr(obj, f.name))
+        return view
+    if isinstance(obj, dict):
+        return {str(k): describe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [describe(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)

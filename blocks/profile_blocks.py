@@ -1,0 +1,138 @@
+"""Profiles and settings as Prefect blocks, and the lookup `--run NAME` goes through.
+
+A deployment's worker on another machine has no env.toml: it finds the same profiles, fully
+resolved and typed, in the Prefect server's block store, secrets encrypted there.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from prefect.blocks.core import Block
+from pydantic import Field
+
+from blocks.env_toml import EnvFile, discover_env_file
+from blocks.errors import ConfigError, did_you_mean
+from blocks.profiles import Profile, _Profile, parse_profile
+from blocks.settings import ArtifactsConfig, WandbConfig, parse_section
+
+
+class ExecutionProfileBlock(Block):
+    """One env.toml profile with its `extends` chain applied and env references resolved."""
+
+    _block_type_name = "nano3 Execution Profile"
+    _block_type_slug = "nano3-execution-profile"
+    _description = "Where and how a nano3 stage runs: a NeMo-Run executor, typed per kind."
+
+    profile_name: str = Field(description="The section name in env.toml.")
+    source: str | None = Field(None, description="The env.toml it was pushed from.")
+    profile: Profile
+
+
+class WandbSettings(Block):
+    _block_type_name = "nano3 W&B Settings"
+    _block_type_slug = "nano3-wandb-settings"
+
+    settings: WandbConfig
+
+
+class ArtifactStoreSettings(Block):
+    _block_type_name = "nano3 Artifact Store"
+    _block_type_slug = "nano3-artifact-store"
+
+    settings: ArtifactsConfig
+
+
+#: Block names for the reserved sections (one of each per Prefect server).
+WANDB_BLOCK = "default"
+ARTIFACTS_BLOCK = "default"
+
+
+def block_name(profile_name: str) -> str:
+    """Prefect block names are lowercase letters, digits and dashes."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", profile_name.lower()).strip("-")
+    if not slug:
+        raise ConfigError(f"profile name {profile_name!r} has no letters or digits to name a block with")
+    return slug
+
+
+@dataclass(frozen=True)
+class ResolvedProfile:
+    name: str
+    profile: _Profile
+    #: "env.toml:<path>" or "block:<name>", shown in plans so users know which one won.
+    origin: str
+
+
+def push_env_file(env: EnvFile) -> list[str]:
+    """Save every profile (and [wandb], [artifacts]) of `env` as blocks; returns the block names.
+
+    All profiles are validated before the first block is written: bad input writes nothing.
+    """
+    profiles = {name: parse_profile(env.profile(name), file=str(env.path), section=name) for name in env.profile_names}
+    names = {name: block_name(name) for name in profiles}
+    clashes = {b for b in names.values() if list(names.values()).count(b) > 1}
+    if clashes:
+        raise ConfigError(f"profiles map to the same block name: {', '.join(sorted(clashes))}", file=str(env.path))
+    wandb = parse_section("wandb", env.section("wandb"), file=str(env.path)) if "wandb" in env.reserved else None
+    artifacts = (
+        parse_section("artifacts", env.section("artifacts"), file=str(env.path)) if "artifacts" in env.reserved else None
+    )
+    for name, profile in profiles.items():
+        ExecutionProfileBlock(profile_name=name, source=str(env.path), profile=profile).save(names[name], overwrite=True)
+    if wandb is not None:
+        WandbSettings(settings=wandb).save(WANDB_BLOCK, overwrite=True)
+    if artifacts is not None:
+        ArtifactStoreSettings(settings=artifacts).save(ARTIFACTS_BLOCK, overwrite=True)
+    return [names[n] for n in profiles]
+
+
+def list_profile_blocks() -> list[ExecutionProfileBlock]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import BlockTypeFilter, BlockTypeFilterSlug
+
+    with get_client(sync_client=True) as client:
+        docs = client.read_block_documents(
+            block_type_filter=BlockTypeFilter(slug=BlockTypeFilterSlug(any_=[ExecutionProfileBlock.get_block_type_slug()]))
+        )
+    return [ExecutionProfileBlock.load(doc.name) for doc in sorted(docs, key=lambda d: d.name or "")]
+
+
+def _load_block(name: str) -> ExecutionProfileBlock | None:
+    try:
+        return ExecutionProfileBlock.load(block_name(name))
+    except ValueError:
+        return None
+
+
+def resolve_profile(name: str, env: EnvFile | None | bool = True) -> ResolvedProfile:
+    """env.toml section `name` if an env.toml is found and has it, else the block of that name.
+
+    `env=True` discovers the file; pass an EnvFile to use it, or None to look at blocks only.
+    """
+    env_file = discover_env_file() if env is True else env or None
+    if env_file is not None and env_file.has_profile(name):
+        profile = parse_profile(env_file.profile(name), file=str(env_file.path), section=name)
+        return ResolvedProfile(name, profile, f"env.toml:{env_file.path}")
+    block = _load_block(name)
+    if block is not None:
+        return ResolvedProfile(name, block.profile, f"block:{block_name(name)}")
+    where = f"{env_file.path}" if env_file else "no env.toml found (NEMOTRON_ENV_FILE or ./env.toml upwards)"
+    known = env_file.profile_names if env_file else []
+    raise ConfigError(
+        f"no profile named '{name}' in env.toml or in Prefect blocks",
+        file=where if env_file else None,
+        hint=did_you_mean(name, known) or (f"profiles in env.toml: {', '.join(known)}" if known else where),
+    )
+
+
+def resolve_wandb(env: EnvFile | None) -> WandbConfig | None:
+    """[wandb] of env.toml if it has one, else the pushed W&B block, else None."""
+    if env is not None and "wandb" in env.reserved:
+        return parse_section("wandb", env.section("wandb"), file=str(env.path))  # type: ignore[return-value]
+    if env is None:
+        try:
+            return WandbSettings.load(WANDB_BLOCK).settings
+        except ValueError:
+            return None
+    return None
