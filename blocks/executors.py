@@ -148,7 +148,8 @@ def slurm_secret_setup_line(profile: SlurmProfile, job_dir: str) -> str | None:
         return None
     path = shlex.quote(os.path.join(job_dir, SLURM_SECRETS_FILE))
     names = " ".join(sorted(profile.secret_env_vars))
-    return f"set +x; set -a; . {path}; set +a  # loads: {names}"
+    # +v as well as +x: sbatch scripts run with `set -evx`, and -v would echo the sourced lines.
+    return f"set +vx; set -a; . {path}; set +a  # loads: {names}"
 
 
 def _slurm(target: ExecutionTarget) -> run.Executor:

@@ -27,10 +27,14 @@ class ExecutionProfileBlock(Block):
     profile_name: str = Field(description="The section name in env.toml.")
     source: str | None = Field(None, description="The env.toml it was pushed from.")
     profile: Profile
+    explicit_fields: list[str] = Field(
+        default_factory=list,
+        description="Fields the env.toml set itself; the rest may take the recipe's run.env defaults.",
+    )
 
 
 class WandbSettings(Block):
-    _block_type_name = "nano3 W&B Settings"
+    _block_type_name = "nano3 Weights and Biases Settings"
     _block_type_slug = "nano3-wandb-settings"
 
     settings: WandbConfig
@@ -62,6 +66,8 @@ class ResolvedProfile:
     profile: _Profile
     #: "env.toml:<path>" or "block:<name>", shown in plans so users know which one won.
     origin: str
+    #: Fields the user set; the others give way to a recipe's run.env defaults.
+    explicit: frozenset[str] = frozenset()
 
 
 def push_env_file(env: EnvFile) -> list[str]:
@@ -79,7 +85,12 @@ def push_env_file(env: EnvFile) -> list[str]:
         parse_section("artifacts", env.section("artifacts"), file=str(env.path)) if "artifacts" in env.reserved else None
     )
     for name, profile in profiles.items():
-        ExecutionProfileBlock(profile_name=name, source=str(env.path), profile=profile).save(names[name], overwrite=True)
+        ExecutionProfileBlock(
+            profile_name=name,
+            source=str(env.path),
+            profile=profile,
+            explicit_fields=sorted(profile.model_fields_set),
+        ).save(names[name], overwrite=True)
     if wandb is not None:
         WandbSettings(settings=wandb).save(WANDB_BLOCK, overwrite=True)
     if artifacts is not None:
@@ -89,12 +100,9 @@ def push_env_file(env: EnvFile) -> list[str]:
 
 def list_profile_blocks() -> list[ExecutionProfileBlock]:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import BlockTypeFilter, BlockTypeFilterSlug
 
     with get_client(sync_client=True) as client:
-        docs = client.read_block_documents(
-            block_type_filter=BlockTypeFilter(slug=BlockTypeFilterSlug(any_=[ExecutionProfileBlock.get_block_type_slug()]))
-        )
+        docs = client.read_block_documents_by_type(ExecutionProfileBlock.get_block_type_slug(), include_secrets=False)
     return [ExecutionProfileBlock.load(doc.name) for doc in sorted(docs, key=lambda d: d.name or "")]
 
 
@@ -113,10 +121,10 @@ def resolve_profile(name: str, env: EnvFile | None | bool = True) -> ResolvedPro
     env_file = discover_env_file() if env is True else env or None
     if env_file is not None and env_file.has_profile(name):
         profile = parse_profile(env_file.profile(name), file=str(env_file.path), section=name)
-        return ResolvedProfile(name, profile, f"env.toml:{env_file.path}")
+        return ResolvedProfile(name, profile, f"env.toml:{env_file.path}", frozenset(profile.model_fields_set))
     block = _load_block(name)
     if block is not None:
-        return ResolvedProfile(name, block.profile, f"block:{block_name(name)}")
+        return ResolvedProfile(name, block.profile, f"block:{block_name(name)}", frozenset(block.explicit_fields))
     where = f"{env_file.path}" if env_file else "no env.toml found (NEMOTRON_ENV_FILE or ./env.toml upwards)"
     known = env_file.profile_names if env_file else []
     raise ConfigError(
@@ -126,11 +134,11 @@ def resolve_profile(name: str, env: EnvFile | None | bool = True) -> ResolvedPro
     )
 
 
-def resolve_wandb(env: EnvFile | None) -> WandbConfig | None:
-    """[wandb] of env.toml if it has one, else the pushed W&B block, else None."""
+def resolve_wandb(env: EnvFile | None, profile: ResolvedProfile) -> WandbConfig | None:
+    """[wandb] of env.toml; for a profile that came from a block, the pushed W&B block."""
     if env is not None and "wandb" in env.reserved:
         return parse_section("wandb", env.section("wandb"), file=str(env.path))  # type: ignore[return-value]
-    if env is None:
+    if profile.origin.startswith("block:"):
         try:
             return WandbSettings.load(WANDB_BLOCK).settings
         except ValueError:

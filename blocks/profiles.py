@@ -27,6 +27,19 @@ from blocks.errors import ConfigError, did_you_mean
 #: Env var names whose values are secrets (the seeds' rule): they move to `secret_env_vars`.
 SECRET_ENV_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 
+class FieldProblem(Exception):
+    """Raised by cross-field validators so the error names the field, not just the profile.
+
+    Not a ValueError on purpose: pydantic lets it through untouched and `parse_profile` adds
+    the file and section.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
 PackagerKind = Literal["git", "pattern", "hybrid", "none"]
 
 
@@ -163,7 +176,7 @@ class SlurmProfile(_Profile, _ContainerFields, SSHTunnelFields):
         if self.tunnel == "ssh":
             for name in ("host", "user", "remote_job_dir"):
                 if not getattr(self, name):
-                    raise ValueError(f"tunnel = 'ssh' needs '{name}'")
+                    raise FieldProblem(name, "required when tunnel = 'ssh'")
         return self
 
     def partition_for(self, detached: bool) -> str | None:
@@ -188,6 +201,14 @@ class DGXCloudProfile(_Profile, _ContainerFields):
     pvcs: list[dict[str, Any]] = Field(default_factory=list)
     distributed_framework: str = "PyTorch"
     custom_spec: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _run_dir_on_a_pvc(self) -> DGXCloudProfile:
+        # NeMo-Run asserts this only at submission; saying it at load time names the key.
+        if not any(self.pvc_nemo_run_dir.startswith(str(p.get("path", "")).rstrip("/") + "/") or
+                   self.pvc_nemo_run_dir == p.get("path") for p in self.pvcs):
+            raise FieldProblem("pvc_nemo_run_dir", "is not under the 'path' of any entry in 'pvcs'")
+        return self
 
 
 class LeptonMount(BaseModel):
@@ -300,6 +321,8 @@ def parse_profile(data: dict[str, Any], *, file: str, section: str) -> _Profile:
         return _PROFILE_ADAPTER.validate_python({**data, "executor": executor})
     except ValidationError as exc:
         raise _as_config_error(exc, file=file, section=section) from None
+    except FieldProblem as problem:
+        raise ConfigError(problem.message, file=file, section=section, key=problem.key) from None
 
 
 def _as_config_error(exc: ValidationError, *, file: str, section: str) -> ConfigError:

@@ -1,0 +1,99 @@
+"""The seeds' global options (-c, -r, -b, -d, key=value overrides) and what they resolve to.
+
+Shared by `python -m flows.nano3` and the `nemotron` CLI so both read a command line the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from blocks.env_toml import EnvFile, discover_env_file
+from blocks.errors import ConfigError
+from blocks.profile_blocks import ResolvedProfile, resolve_profile, resolve_wandb
+from blocks.profiles import LocalProfile, parse_profile
+from blocks.settings import WandbConfig
+from tasks.job_config import COMMAND_LINE, JobConfig, Override, _has_key, build_job_config, find_config_file, load_yaml, parse_overrides
+from tasks.stages import Stage
+
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    config: str = "tiny"
+    run: str | None = None
+    batch: str | None = None
+    dry_run: bool = False
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.run and self.batch:
+            raise ConfigError("--run and --batch exclude each other: pick attached or detached", file=COMMAND_LINE)
+
+    @property
+    def profile_name(self) -> str:
+        return self.run or self.batch or LOCAL
+
+    @property
+    def detached(self) -> bool:
+        return self.batch is not None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    options: RunOptions
+    profile: ResolvedProfile
+    wandb: WandbConfig | None
+    overrides: tuple[Override, ...]
+
+
+def resolve_context(options: RunOptions) -> RunContext:
+    """Find env.toml, pick the profile (env.toml section, else block), parse the overrides."""
+    overrides = tuple(parse_overrides(options.overrides))
+    env: EnvFile | None = discover_env_file()
+    if options.run is None and options.batch is None:
+        # No -r/-b: this machine. An env.toml [local] section tunes it; nothing else is needed.
+        if env is not None and env.has_profile(LOCAL):
+            local = parse_profile(env.profile(LOCAL), file=str(env.path), section=LOCAL)
+            profile = ResolvedProfile(LOCAL, local, f"env.toml:{env.path}", frozenset(local.model_fields_set))
+        else:
+            profile = ResolvedProfile(LOCAL, LocalProfile(), "built-in")
+    else:
+        profile = resolve_profile(options.profile_name, env)
+    return RunContext(options=options, profile=profile, wandb=resolve_wandb(env, profile), overrides=overrides)
+
+
+def stage_jobs(context: RunContext, stages: Sequence[Stage]) -> list[JobConfig]:
+    """One job config per stage. A recipe override applies to every stage whose YAML has the key;
+    a key that no selected stage has is an error (a typo must not vanish silently)."""
+    recipe_keys = [o for o in context.overrides if not o.key.startswith("run.env.")]
+    loaded = {stage.id: load_yaml(find_config_file(stage, context.options.config)) for stage in stages}
+    for override in recipe_keys:
+        if not any(_has_key(cfg, override.key) for cfg in loaded.values()):
+            # Let the first stage produce the precise error (file, key, closest match).
+            build_job_config(
+                stages[0],
+                context.options.config,
+                profile=context.profile.profile,
+                profile_name=context.profile.name,
+                profile_origin=context.profile.origin,
+                explicit_fields=context.profile.explicit,
+                overrides=[override],
+            )
+    jobs = []
+    for stage in stages:
+        mine = [o for o in context.overrides if o.key.startswith("run.env.") or _has_key(loaded[stage.id], o.key)]
+        jobs.append(
+            build_job_config(
+                stage,
+                context.options.config,
+                profile=context.profile.profile,
+                profile_name=context.profile.name,
+                profile_origin=context.profile.origin,
+                explicit_fields=context.profile.explicit,
+                overrides=mine,
+                wandb=context.wandb,
+            )
+        )
+    return jobs

@@ -1,0 +1,233 @@
+"""A stage's job configuration: recipe YAML, command-line overrides and the execution profile.
+
+Merge order (the seeds' documented one): the recipe YAML's `run.env` gives defaults, the
+profile overrides them, `run.env.*` overrides on the command line override both. Everything
+else in the YAML goes to the recipe; `[wandb]` arrives as `run.wandb`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from blocks.errors import ConfigError, did_you_mean
+from blocks.profiles import PROFILE_TYPES, _Profile, accepted_keys, parse_profile
+from blocks.settings import WandbConfig
+from tasks.stages import Stage
+
+COMMAND_LINE = "command line"
+ENV_PREFIX = "run.env."
+
+
+@dataclass(frozen=True)
+class Override:
+    key: str
+    value: str
+
+    @property
+    def token(self) -> str:
+        return f"{self.key}={self.value}"
+
+
+def parse_overrides(tokens: Sequence[str]) -> list[Override]:
+    """`key.path=value` tokens; anything else is a clear error, not a silent pass-through."""
+    parsed = []
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not key or key.startswith("-"):
+            raise ConfigError(
+                f"override {token!r} is not of the form key.path=value", file=COMMAND_LINE, hint="e.g. train.train_iters=50"
+            )
+        parsed.append(Override(key.strip(), value))
+    return parsed
+
+
+def find_config_file(stage: Stage, name: str) -> Path:
+    """A config name from the stage's config/ folder, or a path to a YAML file."""
+    if "/" in name or name.endswith((".yaml", ".yml")):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", file=COMMAND_LINE, key="--config")
+        return path
+    for suffix in (".yaml", ".yml"):
+        candidate = stage.config_dir / f"{name}{suffix}"
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.stem for p in stage.config_dir.glob("*.y*ml"))
+    raise ConfigError(
+        f"stage '{stage.id}' has no config named '{name}'",
+        file=COMMAND_LINE,
+        key="--config",
+        hint=did_you_mean(name, available) or f"available: {', '.join(available)}",
+    )
+
+
+def load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends: report file and line
+        raise ConfigError(f"malformed YAML: {str(exc).splitlines()[0]}", file=str(path)) from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError("expected a mapping at the top level", file=str(path))
+    return cfg
+
+
+def _has_key(cfg: DictConfig, dotted: str) -> bool:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _siblings(cfg: DictConfig, dotted: str) -> list[str]:
+    parent, _, _ = dotted.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return []
+    prefix = f"{parent}." if parent else ""
+    return [f"{prefix}{k}" for k in node.keys()]
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[Override], *, file: Path) -> DictConfig:
+    """Overrides of keys the YAML defines; a key it lacks is a typo until proven otherwise."""
+    for override in overrides:
+        if not _has_key(cfg, override.key):
+            raise ConfigError(
+                f"override of '{override.key}', which {file.name} does not define",
+                file=str(file),
+                key=override.key,
+                hint=did_you_mean(override.key, _siblings(cfg, override.key)),
+            )
+    try:
+        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.token for o in overrides]))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"bad override: {str(exc).splitlines()[0]}", file=COMMAND_LINE) from None
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def effective_profile(
+    profile: _Profile,
+    explicit: frozenset[str],
+    yaml_env: dict[str, Any],
+    env_overrides: Sequence[Override],
+    *,
+    profile_name: str,
+    config_file: Path,
+) -> _Profile:
+    """YAML run.env ⊕ profile ⊕ run.env.* overrides, validated as the profile's executor.
+
+    YAML keys the executor does not have are recipe defaults for other executors (a container
+    image means nothing to `local`) and are skipped; an override of an unknown key is an error.
+    """
+    cls = PROFILE_TYPES[profile.executor]
+    known = accepted_keys(cls)
+    defaults = {k: v for k, v in yaml_env.items() if k in known and k != "executor"}
+    dumped = profile.model_dump(by_alias=False)
+    own = {k: dumped[k] for k in explicit if k in dumped}
+    # env_vars arrive split in two; keep secrets out of the plain dict's way.
+    own.pop("secret_env_vars", None)
+    secret_env = {k: v.get_secret_value() for k, v in profile.secret_env_vars.items()}
+    if secret_env:
+        own["env_vars"] = {**own.get("env_vars", {}), **secret_env}
+    merged = _deep_merge(defaults, own)
+    with_yaml = parse_profile(merged, file=str(config_file), section=f"run.env + profile {profile_name}")
+    if not env_overrides:
+        return with_yaml
+    extra: dict[str, Any] = {}
+    for override in env_overrides:
+        key = override.key[len(ENV_PREFIX):]
+        top = key.split(".")[0]
+        if top not in known:
+            raise ConfigError(
+                f"executor '{profile.executor}' has no field '{top}'",
+                file=COMMAND_LINE,
+                key=override.key,
+                hint=did_you_mean(top, known),
+            )
+        node = extra
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={override.value}"]))["v"]  # type: ignore[index]
+    return parse_profile(_deep_merge(merged, extra), file=COMMAND_LINE, section=f"profile {profile_name}")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything a stage's submission needs, resolved."""
+
+    stage: Stage
+    config_name: str
+    config_file: Path
+    #: What the recipe receives (as --config): the YAML with overrides, run.wandb set, run.env removed.
+    recipe_config: DictConfig
+    profile_name: str
+    profile: _Profile
+    profile_origin: str
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+    def recipe_yaml(self) -> str:
+        return OmegaConf.to_yaml(self.recipe_config, resolve=True)
+
+
+def build_job_config(
+    stage: Stage,
+    config_name: str,
+    *,
+    profile: _Profile,
+    profile_name: str,
+    profile_origin: str,
+    explicit_fields: frozenset[str] | None = None,
+    overrides: Sequence[Override] = (),
+    wandb: WandbConfig | None = None,
+) -> JobConfig:
+    config_file = find_config_file(stage, config_name)
+    cfg = load_yaml(config_file)
+    env_overrides = [o for o in overrides if o.key.startswith(ENV_PREFIX)]
+    recipe_overrides = [o for o in overrides if not o.key.startswith(ENV_PREFIX)]
+    cfg = apply_overrides(cfg, recipe_overrides, file=config_file)
+    yaml_env = OmegaConf.to_container(cfg.run.env, resolve=True) if _has_key(cfg, "run.env") else {}
+    assert isinstance(yaml_env, dict)
+    effective = effective_profile(
+        profile,
+        explicit_fields if explicit_fields is not None else frozenset(profile.model_fields_set),
+        yaml_env,  # type: ignore[arg-type]
+        env_overrides,
+        profile_name=profile_name,
+        config_file=config_file,
+    )
+    recipe = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(recipe, dict)
+    run_block = dict(recipe.get("run") or {})
+    run_block.pop("env", None)
+    if wandb is not None:
+        run_block["wandb"] = wandb.for_job()
+    recipe["run"] = run_block
+    return JobConfig(
+        stage=stage,
+        config_name=config_name,
+        config_file=config_file,
+        recipe_config=OmegaConf.create(recipe),
+        profile_name=profile_name,
+        profile=effective,
+        profile_origin=profile_origin,
+        overrides=tuple(o.token for o in overrides),
+    )

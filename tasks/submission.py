@@ -1,0 +1,150 @@
+"""What NeMo-Run would submit for a stage: the script task, and the exact submission text.
+
+Planning never sees a secret: the executor is built with every secret already redacted, so
+neither the printed plan nor the files NeMo-Run writes while planning can hold one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shlex
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from blocks.executors import REDACTED, ExecutionTarget, build_executor, describe
+from blocks.profiles import LocalProfile
+from tasks.job_config import JobConfig
+from tasks.stages import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    import nemo_run as run
+
+#: Where packaged code lands inside a remote job (NeMo-Run's convention for every remote executor).
+REMOTE_CODE_DIR = "/nemo_run/code"
+#: Process env vars that hold secrets a config could interpolate; never printed.
+SECRET_ENV_NAMES = ("WANDB_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "LEPTON_WORKSPACE_TOKEN")
+#: The resolved config travels with the code, at this path relative to the code root.
+CONFIG_RELDIR = ".nano3/configs"
+
+
+def code_dir(job: JobConfig) -> str:
+    """The project root as the job sees it: this checkout locally, the unpacked package remotely."""
+    return str(PROJECT_ROOT) if isinstance(job.profile, LocalProfile) else REMOTE_CODE_DIR
+
+
+def config_path_in_job(job: JobConfig) -> str:
+    return f"{code_dir(job)}/{CONFIG_RELDIR}/{job.stage.slug}.yaml"
+
+
+def recipe_task(job: JobConfig) -> run.Script:
+    """The NeMo-Run task: `python <recipe script> --config <resolved config>`."""
+    import nemo_run as run
+
+    return run.Script(
+        path=f"{code_dir(job)}/{job.stage.script_relpath}",
+        args=["--config", config_path_in_job(job)],
+        entrypoint="python",
+    )
+
+
+def launcher_for(job: JobConfig) -> str | None:
+    return "torchrun" if job.stage.launcher == "torchrun" else None
+
+
+@dataclass(frozen=True)
+class SubmissionPlan:
+    job: JobConfig
+    detached: bool
+    #: sbatch script, entrypoint script or command: what would be sent.
+    submission: str
+    #: The executor NeMo-Run would use, field by field (secrets redacted).
+    executor: dict[str, Any]
+
+
+@contextlib.contextmanager
+def _scratch_nemorun_home() -> Iterator[str]:
+    """Planning writes NeMo-Run's experiment folders somewhere disposable, not in ~/.nemo_run."""
+    from nemo_run.config import get_nemorun_home, set_nemorun_home
+
+    previous = get_nemorun_home()
+    with tempfile.TemporaryDirectory(prefix="nano3-plan-") as home:
+        set_nemorun_home(home)
+        try:
+            yield home
+        finally:
+            set_nemorun_home(previous)
+
+
+def _submission_text(request: Any) -> str:
+    """The request's own rendering where NeMo-Run has one (sbatch, DGX entrypoint), else its command."""
+    if hasattr(request, "materialize"):
+        return request.materialize()
+    if hasattr(request, "role_params"):  # local: one Popen per replica
+        lines = []
+        for replicas in request.role_params.values():
+            for replica in replicas:
+                lines.append(f"cd {shlex.quote(replica.cwd or '.')}")
+                lines.append(shlex.join(replica.args))
+        return "\n".join(lines)
+    if hasattr(request, "containers"):  # docker
+        return "\n".join(
+            f"docker run {c.executor.container_image} {shlex.join(c.command)}" for c in request.containers
+        )
+    if hasattr(request, "cmd"):  # lepton
+        return shlex.join(request.cmd)
+    return repr(request)
+
+
+def plan_submission(job: JobConfig, *, detached: bool) -> SubmissionPlan:
+    """Dry-run the stage's job through NeMo-Run and capture what it would send."""
+    import nemo_run as run
+
+    target = ExecutionTarget(job.profile, detached=detached, launcher=launcher_for(job), reveal_secrets=False)
+    executor = build_executor(target)
+    view = describe(executor)
+    # Packaging is not part of the submission text and would run `git archive` now: skip it.
+    executor.packager = run.Packager()
+    # NeMo-Run prints an "Entering Experiment" banner to stdout; the plan is our output, not it.
+    with _scratch_nemorun_home() as home, contextlib.redirect_stdout(io.StringIO()):
+        with run.Experiment(f"nano3-{job.stage.slug}", executor=executor, log_level="ERROR") as exp:
+            exp.add(recipe_task(job), name=job.stage.slug)
+            exp.dryrun(log=False, delete_exp_dir=True)
+            text = _submission_text(exp.jobs[0]._dryrun_info.request)  # NeMo-Run keeps it private
+            text = text.replace(exp._id, "<experiment-id>").replace(home, "$NEMORUN_HOME")
+    for secret in job.profile.secrets():
+        text = text.replace(secret, REDACTED)
+    return SubmissionPlan(job=job, detached=detached, submission=text, executor=view)
+
+
+def render_plan(plan: SubmissionPlan) -> str:
+    """Human- and diff-friendly: the config the recipe gets, the executor, the submission."""
+    header = {
+        "stage": plan.job.stage.id,
+        "config": str(plan.job.config_file.relative_to(PROJECT_ROOT))
+        if plan.job.config_file.is_relative_to(PROJECT_ROOT)
+        else str(plan.job.config_file),
+        "profile": plan.job.profile_name,
+        "profile_origin": plan.job.profile_origin,
+        "mode": "detached (--batch)" if plan.detached else "attached (--run)",
+    }
+    parts = [
+        yaml.safe_dump(header, sort_keys=False).rstrip(),
+        f"--- recipe config ({config_path_in_job(plan.job)})",
+        plan.job.recipe_yaml().rstrip(),
+        "--- executor",
+        yaml.safe_dump(plan.executor, sort_keys=False).rstrip(),
+        "--- submission",
+        plan.submission.rstrip(),
+    ]
+    text = "\n".join(parts) + "\n"
+    # The recipe config may pull secrets from the environment (${oc.env:...}); the profile holds others.
+    secrets = plan.job.profile.secrets() + [os.environ.get(n, "") for n in SECRET_ENV_NAMES]
+    for secret in filter(None, secrets):
+        text = text.replace(secret, REDACTED)
+    return text
