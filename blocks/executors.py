@@ -59,7 +59,9 @@ def _secret(value: SecretStr | None, target: ExecutionTarget) -> str | None:
 def _env(target: ExecutionTarget, *, with_secrets: bool = True) -> dict[str, str]:
     env = dict(target.profile.env_vars)
     if with_secrets:
-        env.update({k: _secret(v, target) or "" for k, v in target.profile.secret_env_vars.items()})
+        env.update(
+            {k: v if target.reveal_secrets else REDACTED for k, v in target.profile.secret_env().items()}
+        )
     return env
 
 
@@ -144,10 +146,10 @@ def _docker(target: ExecutionTarget) -> run.Executor:
 
 def slurm_secret_setup_line(profile: SlurmProfile, job_dir: str) -> str | None:
     """The sbatch line that loads secret env vars from a 0600 file written at submit time."""
-    if not profile.secret_env_vars:
+    if not profile.secret_env():
         return None
     path = shlex.quote(os.path.join(job_dir, SLURM_SECRETS_FILE))
-    names = " ".join(sorted(profile.secret_env_vars))
+    names = " ".join(sorted(profile.secret_env()))
     # +v as well as +x: sbatch scripts run with `set -evx`, and -v would echo the sourced lines.
     return f"set +vx; set -a; . {path}; set +a  # loads: {names}"
 
@@ -166,9 +168,12 @@ def _slurm(target: ExecutionTarget) -> run.Executor:
     )
     optional = {
         name: getattr(profile, name)
-        for name in ("gpus_per_node", "cpus_per_task", "mem", "qos", "constraint")
+        for name in ("cpus_per_task", "mem", "qos", "constraint")
         if getattr(profile, name) is not None
     }
+    # A CPU job asks for no GPUs at all: `--gpus-per-node=0` is rejected where no GRES is defined.
+    if profile.gpus_per_node:
+        optional["gpus_per_node"] = profile.gpus_per_node
     if profile.exclusive:
         optional["exclusive"] = True
     if profile.srun_args:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from prefect.blocks.core import Block
 from pydantic import Field
 
@@ -106,11 +107,33 @@ def list_profile_blocks() -> list[ExecutionProfileBlock]:
     return [ExecutionProfileBlock.load(doc.name) for doc in sorted(docs, key=lambda d: d.name or "")]
 
 
+def block_store_configured() -> bool:
+    """Whether any blocks could exist: a Prefect API is set, or the local server's database exists.
+
+    Without this, looking up a mistyped profile would start an ephemeral Prefect server (seconds)
+    only to find an empty database.
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        return True
+    url = settings.server.database.connection_url
+    database = url.get_secret_value() if url else ""
+    if database.startswith("sqlite"):
+        return Path(database.split(":///", 1)[-1]).exists()
+    return bool(database)
+
+
 def _load_block(name: str) -> ExecutionProfileBlock | None:
+    if not block_store_configured():
+        return None
     try:
         return ExecutionProfileBlock.load(block_name(name))
     except ValueError:
         return None
+    except RuntimeError as exc:  # the API could not be reached or started
+        raise ConfigError(f"cannot read profile blocks from Prefect: {exc}", hint="check PREFECT_API_URL") from None
 
 
 def resolve_profile(name: str, env: EnvFile | None | bool = True) -> ResolvedProfile:

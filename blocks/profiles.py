@@ -15,12 +15,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Secret,
     SecretStr,
     TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
+
+from prefect.types import SecretDict
 
 from blocks.errors import ConfigError, did_you_mean
 
@@ -50,8 +53,9 @@ class _Profile(BaseModel):
 
     executor: str
     env_vars: dict[str, str] = Field(default_factory=dict, description="Environment of the job.")
-    secret_env_vars: dict[str, SecretStr] = Field(
-        default_factory=dict,
+    # Prefect's SecretDict: a block obscures every value under it (a dict of SecretStr it does not).
+    secret_env_vars: SecretDict = Field(
+        default_factory=lambda: SecretDict({}),
         description="Env vars whose names look secret (KEY, TOKEN, SECRET, PASSWORD, CREDENTIAL); "
         "filled from `env_vars` automatically.",
     )
@@ -75,7 +79,8 @@ class _Profile(BaseModel):
     def _split_secret_env(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("env_vars"), dict):
             env = dict(data["env_vars"])
-            secrets = dict(data.get("secret_env_vars") or {})
+            given = data.get("secret_env_vars") or {}
+            secrets = dict(given.get_secret_value() if isinstance(given, Secret) else given)
             for name in [n for n in env if SECRET_ENV_NAME.search(n)]:
                 secrets[name] = env.pop(name)
             data = {**data, "env_vars": env, "secret_env_vars": secrets}
@@ -89,25 +94,30 @@ class _Profile(BaseModel):
             return {k: v if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
         return value
 
+    def secret_env(self) -> dict[str, str]:
+        return dict(self.secret_env_vars.get_secret_value())
+
     def secrets(self) -> list[str]:
         """Every secret value this profile carries, for redaction of anything we print."""
         found: list[str] = []
 
-        def walk(value: Any) -> None:
-            if isinstance(value, SecretStr):
-                found.append(value.get_secret_value())
+        def walk(value: Any, secret: bool = False) -> None:
+            if isinstance(value, (SecretStr, Secret)):
+                walk(value.get_secret_value(), secret=True)
             elif isinstance(value, BaseModel):
                 for name in type(value).model_fields:
-                    walk(getattr(value, name))
+                    walk(getattr(value, name), secret)
             elif isinstance(value, dict):
                 for item in value.values():
-                    walk(item)
+                    walk(item, secret)
             elif isinstance(value, list):
                 for item in value:
-                    walk(item)
+                    walk(item, secret)
+            elif secret and isinstance(value, str) and value:
+                found.append(value)
 
         walk(self)
-        return [s for s in found if s]
+        return found
 
 
 class _ContainerFields(BaseModel):

@@ -144,7 +144,7 @@ def effective_profile(
     own = {k: dumped[k] for k in explicit if k in dumped}
     # env_vars arrive split in two; keep secrets out of the plain dict's way.
     own.pop("secret_env_vars", None)
-    secret_env = {k: v.get_secret_value() for k, v in profile.secret_env_vars.items()}
+    secret_env = profile.secret_env()
     if secret_env:
         own["env_vars"] = {**own.get("env_vars", {}), **secret_env}
     merged = _deep_merge(defaults, own)

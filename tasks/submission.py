@@ -108,8 +108,10 @@ def plan_submission(job: JobConfig, *, detached: bool) -> SubmissionPlan:
     target = ExecutionTarget(job.profile, detached=detached, launcher=launcher_for(job), reveal_secrets=False)
     executor = build_executor(target)
     view = describe(executor)
-    # Packaging is not part of the submission text and would run `git archive` now: skip it.
-    executor.packager = run.Packager()
+    # Packaging is not part of the submission text, and NeMo-Run's dry-run would really do it
+    # (`git archive`, and for Slurm a `mkdir -p <job_dir>/code` on this machine). A passthrough
+    # packager marked "symlink from remote" is the one path on which its Slurm dry-run skips both.
+    executor.packager = run.Packager(symlink_from_remote_dir=REMOTE_CODE_DIR)
     # NeMo-Run prints an "Entering Experiment" banner to stdout; the plan is our output, not it.
     with _scratch_nemorun_home() as home, contextlib.redirect_stdout(io.StringIO()):
         with run.Experiment(f"nano3-{job.stage.slug}", executor=executor, log_level="ERROR") as exp:
