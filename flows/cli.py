@@ -67,6 +67,7 @@ def profiles_list(
     from rich.table import Table
 
     table = Table("profile", "executor", "source")
+    invalid: list[ConfigError] = []
     if blocks:
         from blocks.profile_blocks import list_profile_blocks
 
@@ -77,9 +78,18 @@ def profiles_list(
 
         env = _env_file_or_fail(env_file)
         for name in env.profile_names:
-            profile = parse_profile(env.profile(name), file=str(env.path), section=name)
+            try:
+                profile = parse_profile(env.profile(name), file=str(env.path), section=name)
+            except ConfigError as exc:
+                invalid.append(exc)
+                table.add_row(name, "[red]invalid[/red]", str(env.path))
+                continue
             table.add_row(name, profile.executor, str(env.path))
     Console().print(table)
+    for exc in invalid:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    if invalid:
+        raise typer.Exit(2)
 
 
 @profiles_app.command("show")

@@ -58,8 +58,10 @@ class Result:
 
 def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, module: str = "flows.nano3") -> Result:
     """The command as a user runs it, in a fresh process, with HOME inside the test folder."""
+    home = cwd.parent / "home"
+    home.mkdir(exist_ok=True)
     full_env = {k: v for k, v in os.environ.items() if k != "NEMOTRON_ENV_FILE"}
-    full_env.update({"HOME": str(cwd / "home"), "PREFECT_HOME": str(cwd / "home" / ".prefect")})
+    full_env.update({"HOME": str(home), "PREFECT_HOME": str(home / ".prefect")})
     full_env.update(env or {})
     proc = subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
@@ -67,5 +69,9 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, modul
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def tree(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+def tree(work: Path) -> set[str]:
+    """The files under the test's folder: the work dir and the HOME that run_cli gives commands.
+
+    Files only: Prefect creates an empty ~/.prefect when it is imported, which writes nothing.
+    """
+    return {str(p.relative_to(work.parent)) for p in work.parent.rglob("*") if not p.is_dir()}

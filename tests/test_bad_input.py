@@ -119,6 +119,7 @@ def test_bad_input_gives_one_clear_error(isolated: Path, case: str, env_text: st
     write_env(isolated, env_text)
     before = tree(isolated)
     result = run_cli(args, isolated)
+    assert "Failed to create" not in result.stderr
     assert result.code == 2, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

@@ -1,0 +1,88 @@
+"""Merge order: recipe YAML run.env ⊕ profile ⊕ command-line overrides; [wandb] as run.wandb."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from blocks.errors import ConfigError
+from blocks.profiles import parse_profile
+from blocks.settings import WandbConfig
+from flows.run_options import RunOptions, resolve_context, stage_jobs
+from tasks.job_config import build_job_config, parse_overrides
+from tasks.stages import STAGES, STAGES_BY_ID
+from tests.conftest import write_env
+
+
+def job(profile_data: dict, *overrides: str, stage: str = "pretrain", config: str = "default", wandb=None):
+    profile = parse_profile(profile_data, file="env.toml", section="p")
+    return build_job_config(
+        STAGES_BY_ID[stage],
+        config,
+        profile=profile,
+        profile_name="p",
+        profile_origin="test",
+        overrides=parse_overrides(overrides),
+        wandb=wandb,
+    )
+
+
+def test_recipe_run_env_fills_what_the_profile_leaves_open() -> None:
+    j = job({"executor": "slurm", "account": "a"})
+    assert (j.profile.nodes, j.profile.gpus_per_node) == (2, 8)
+    assert j.profile.container_image == "nvcr.io/nvidia/nemo:25.11.nemotron_3_nano"
+
+
+def test_profile_wins_over_recipe_and_overrides_win_over_both() -> None:
+    j = job({"executor": "slurm", "account": "a", "nodes": 1, "container_image": "mine.sqsh"})
+    assert (j.profile.nodes, j.profile.container_image) == (1, "mine.sqsh")
+    j = job({"executor": "slurm", "account": "a", "nodes": 1}, "run.env.nodes=6", "run.env.env_vars.X=1")
+    assert j.profile.nodes == 6 and j.profile.env_vars == {"X": "1"}
+
+
+def test_recipe_keys_the_executor_lacks_are_skipped() -> None:
+    j = job({"executor": "local"})
+    assert type(j.profile).__name__ == "LocalProfile"
+
+
+def test_env_vars_merge_key_by_key(isolated: Path) -> None:
+    config = isolated / "custom.yaml"
+    config.write_text("run:\n  env:\n    env_vars: {A: from-yaml, B: from-yaml}\ntrain: {iters: 1}\n")
+    j = job({"executor": "slurm", "account": "a", "env_vars": {"B": "from-profile"}}, config=str(config))
+    assert j.profile.env_vars == {"A": "from-yaml", "B": "from-profile"}
+
+
+def test_recipe_overrides_are_typed_and_env_leaves_the_recipe_config() -> None:
+    j = job({"executor": "local"}, "train.train_iters=7", "train.lr=0.5", config="tiny")
+    assert j.recipe_config.train.train_iters == 7 and j.recipe_config.train.lr == 0.5
+    assert "env" not in j.recipe_config.run
+    assert j.recipe_config.run.data == "nano3-pretrain-data:latest"
+
+
+def test_wandb_arrives_as_run_wandb_without_the_key() -> None:
+    wandb = WandbConfig(project="nano3", entity="team", api_key="k-secret")
+    j = job({"executor": "local"}, config="tiny", wandb=wandb)
+    assert OmegaConf.to_container(j.recipe_config.run.wandb) == {"project": "nano3", "entity": "team", "tags": []}
+    assert "k-secret" not in j.recipe_yaml()
+
+
+def test_an_override_applies_to_the_stages_that_have_the_key(isolated: Path) -> None:
+    write_env(isolated, "[local]\nexecutor = 'local'\n")
+    context = resolve_context(RunOptions(overrides=("train.train_iters=3", "seed=9")))
+    jobs = {j.stage.id: j for j in stage_jobs(context, list(STAGES))}
+    assert jobs["pretrain"].recipe_config.train.train_iters == 3
+    assert jobs["sft"].recipe_config.train.train_iters == 3
+    assert "train" not in jobs["data_prep/pretrain"].recipe_config
+    assert jobs["data_prep/pretrain"].recipe_config.seed == 9 and jobs["pretrain"].recipe_config.seed == 9
+    with pytest.raises(ConfigError, match="does not define"):
+        stage_jobs(resolve_context(RunOptions(overrides=("train.nope=1",))), list(STAGES))
+
+
+def test_every_stage_has_both_configs() -> None:
+    for stage in STAGES:
+        for name in ("tiny", "default"):
+            cfg = OmegaConf.load(stage.config_dir / f"{name}.yaml")
+            assert cfg.run.backend in ("hf", "megatron"), f"{stage.id}/{name}: run.backend"
+            assert "env" in cfg.run, f"{stage.id}/{name}: run.env"
