@@ -34,7 +34,8 @@ class Stage:
     #: Folder under recipes/nano3/ holding the script and config/{tiny,default}.yaml.
     folder: str
     script: str
-    consumes: tuple[str, ...]
+    #: input name (a key of the config's `run:` block naming an artifact) → artifact type.
+    consumes: tuple[tuple[str, str], ...]
     produces: str
     #: The artifact name it publishes (the config's run.* inputs refer to these).
     artifact: str
@@ -42,7 +43,7 @@ class Stage:
     description: str = ""
 
     def __post_init__(self) -> None:
-        for kind in (*self.consumes, self.produces):
+        for kind in (*(t for _, t in self.consumes), self.produces):
             if kind not in ARTIFACT_TYPES:
                 raise ValueError(f"stage {self.id}: unknown artifact type {kind!r}")
 
@@ -82,16 +83,16 @@ STAGES: tuple[Stage, ...] = (
         id="data_prep/sft",
         folder="data_prep/sft",
         script="prep.py",
-        consumes=("binidx",),
+        consumes=(),
         produces="training_jsonl",
         artifact="nano3-sft-data",
-        description="Chat-format SFT data, tokenized with the pretraining tokenizer.",
+        description="Chat-format SFT data with held-out problems.",
     ),
     Stage(
         id="data_prep/rl",
         folder="data_prep/rl",
         script="prep.py",
-        consumes=("binidx",),
+        consumes=(),
         produces="training_jsonl",
         artifact="nano3-rl-data",
         description="Prompts with verifiable answers for RL.",
@@ -100,7 +101,7 @@ STAGES: tuple[Stage, ...] = (
         id="pretrain",
         folder="pretrain",
         script="train.py",
-        consumes=("binidx",),
+        consumes=(("data", "binidx"),),
         produces="checkpoint_hf",
         artifact="nano3-pretrain-model",
         launcher="torchrun",
@@ -110,7 +111,7 @@ STAGES: tuple[Stage, ...] = (
         id="sft",
         folder="sft",
         script="train.py",
-        consumes=("training_jsonl", "checkpoint_hf"),
+        consumes=(("data", "training_jsonl"), ("model", "checkpoint_hf")),
         produces="checkpoint_hf",
         artifact="nano3-sft-model",
         launcher="torchrun",
@@ -120,7 +121,7 @@ STAGES: tuple[Stage, ...] = (
         id="rl",
         folder="rl",
         script="train.py",
-        consumes=("training_jsonl", "checkpoint_hf"),
+        consumes=(("data", "training_jsonl"), ("model", "checkpoint_hf")),
         produces="checkpoint_hf",
         artifact="nano3-rl-model",
         description="GRPO with verifiable rewards from the SFT checkpoint.",
@@ -129,7 +130,7 @@ STAGES: tuple[Stage, ...] = (
         id="convert",
         folder="convert",
         script="convert.py",
-        consumes=("checkpoint_hf",),
+        consumes=(("model", "checkpoint_hf"),),
         produces="checkpoint_hf",
         artifact="nano3-model-hf",
         description="The deployable export (bf16 safetensors), logits checked against the source.",
@@ -138,10 +139,15 @@ STAGES: tuple[Stage, ...] = (
         id="eval",
         folder="eval",
         script="evaluate.py",
-        consumes=("checkpoint_hf",),
+        consumes=(
+            ("model", "checkpoint_hf"),
+            ("baseline", "checkpoint_hf"),
+            ("data", "training_jsonl"),
+            ("corpus", "binidx"),
+        ),
         produces="eval_results",
         artifact="nano3-eval",
-        description="Held-out evaluation of the exported model.",
+        description="Held-out evaluation of the exported model against the pretrained baseline.",
     ),
 )
 
