@@ -157,13 +157,21 @@ def resolve_profile(name: str, env: EnvFile | None | bool = True) -> ResolvedPro
     )
 
 
-def resolve_wandb(env: EnvFile | None, profile: ResolvedProfile) -> WandbConfig | None:
-    """[wandb] of env.toml; for a profile that came from a block, the pushed W&B block."""
-    if env is not None and "wandb" in env.reserved:
-        return parse_section("wandb", env.section("wandb"), file=str(env.path))  # type: ignore[return-value]
+def _reserved_section(env: EnvFile | None, profile: ResolvedProfile, name: str, block: type[Block], block_name_: str):  # noqa: ANN202
+    """A reserved section from env.toml; for a profile that came from a block, the pushed block."""
+    if env is not None and name in env.reserved:
+        return parse_section(name, env.section(name), file=str(env.path))
     if profile.origin.startswith("block:"):
         try:
-            return WandbSettings.load(WANDB_BLOCK).settings
+            return block.load(block_name_).settings  # type: ignore[attr-defined]
         except ValueError:
             return None
     return None
+
+
+def resolve_wandb(env: EnvFile | None, profile: ResolvedProfile) -> WandbConfig | None:
+    return _reserved_section(env, profile, "wandb", WandbSettings, WANDB_BLOCK)
+
+
+def resolve_artifacts(env: EnvFile | None, profile: ResolvedProfile) -> ArtifactsConfig | None:
+    return _reserved_section(env, profile, "artifacts", ArtifactStoreSettings, ARTIFACTS_BLOCK)

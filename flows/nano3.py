@@ -47,6 +47,22 @@ def print_plan(options: "RunOptions", stages: list[Stage]) -> None:  # noqa: F82
         print(render_plan(plan_submission(job, detached=options.detached)))
 
 
+def run_pipeline(options: "RunOptions", stages: list[Stage]) -> None:  # noqa: F821
+    from rich.console import Console
+
+    from flows.pipeline import nano3_pipeline
+    from flows.summary import summary_table
+
+    results = nano3_pipeline(
+        config=options.config,
+        run=options.run,
+        batch=options.batch,
+        stages=[s.id for s in stages],
+        overrides=list(options.overrides),
+    )
+    Console().print(summary_table(results))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def main(
     ctx: typer.Context,
@@ -74,14 +90,10 @@ def main(
     try:
         options = RunOptions(config=config, run=run, batch=batch, dry_run=dry_run, overrides=tuple(ctx.args))
         selected = select_stages(stages)
-        if not dry_run:
-            # Executing stages arrives with the pipeline tasks; until then this prints the plan.
-            typer.secho(
-                "note: stage execution is not available yet; showing the plan (as --dry-run).",
-                err=True,
-                fg=typer.colors.YELLOW,
-            )
-        print_plan(options, selected)
+        if dry_run:
+            print_plan(options, selected)
+            return
+        run_pipeline(options, selected)
     except ConfigError as exc:
         if verbose:
             raise

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 from blocks.env_toml import EnvFile, discover_env_file
 from blocks.errors import ConfigError
-from blocks.profile_blocks import ResolvedProfile, resolve_profile, resolve_wandb
+from blocks.profile_blocks import ResolvedProfile, resolve_artifacts, resolve_profile, resolve_wandb
 from blocks.profiles import LocalProfile, parse_profile
-from blocks.settings import WandbConfig
+from blocks.settings import ArtifactsConfig, WandbConfig
 from tasks.job_config import COMMAND_LINE, JobConfig, Override, _has_key, build_job_config, find_config_file, load_yaml, parse_overrides
 from tasks.stages import Stage
 
@@ -45,6 +45,7 @@ class RunContext:
     options: RunOptions
     profile: ResolvedProfile
     wandb: WandbConfig | None
+    artifacts: ArtifactsConfig | None
     overrides: tuple[Override, ...]
 
 
@@ -61,7 +62,13 @@ def resolve_context(options: RunOptions) -> RunContext:
             profile = ResolvedProfile(LOCAL, LocalProfile(), "built-in")
     else:
         profile = resolve_profile(options.profile_name, env)
-    return RunContext(options=options, profile=profile, wandb=resolve_wandb(env, profile), overrides=overrides)
+    return RunContext(
+        options=options,
+        profile=profile,
+        wandb=resolve_wandb(env, profile),
+        artifacts=resolve_artifacts(env, profile),
+        overrides=overrides,
+    )
 
 
 def stage_jobs(context: RunContext, stages: Sequence[Stage]) -> list[JobConfig]:

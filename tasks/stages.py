@@ -41,6 +41,8 @@ class Stage:
     artifact: str
     launcher: Launcher = "direct"
     description: str = ""
+    #: Where `folder` lives; tests declare stages of their own elsewhere in the project.
+    root: Path = RECIPES_ROOT
 
     def __post_init__(self) -> None:
         for kind in (*(t for _, t in self.consumes), self.produces):
@@ -49,7 +51,7 @@ class Stage:
 
     @property
     def recipe_dir(self) -> Path:
-        return RECIPES_ROOT / self.folder
+        return self.root / self.folder
 
     @property
     def config_dir(self) -> Path:

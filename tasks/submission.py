@@ -42,14 +42,15 @@ def config_path_in_job(job: JobConfig) -> str:
     return f"{code_dir(job)}/{CONFIG_RELDIR}/{job.stage.slug}.yaml"
 
 
-def recipe_task(job: JobConfig) -> run.Script:
+def recipe_task(job: JobConfig, config_path: str | None = None) -> run.Script:
     """The NeMo-Run task: `python <recipe script> --config <resolved config>`."""
     import nemo_run as run
 
     return run.Script(
         path=f"{code_dir(job)}/{job.stage.script_relpath}",
-        args=["--config", config_path_in_job(job)],
+        args=["--config", config_path or config_path_in_job(job)],
         entrypoint="python",
+        env={"PYTHONPATH": code_dir(job)},
     )
 
 

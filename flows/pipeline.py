@@ -1,0 +1,51 @@
+"""The nano3 Prefect flow: every stage through the one generic task, in dependency order."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.run_options import RunOptions, resolve_context, stage_jobs
+from blocks.settings import WandbConfig
+from tasks.artifacts import ArtifactStore, ArtifactVersion, open_store
+from tasks.job_config import JobConfig
+from tasks.stage_task import StageResult, prepare_stage, run_stage
+from tasks.stages import STAGES, STAGES_BY_ID
+
+
+@flow(name="nano3", log_prints=False)
+def nano3_pipeline(
+    config: str = "tiny",
+    run: str | None = None,
+    batch: str | None = None,
+    stages: list[str] | None = None,
+    overrides: list[str] | None = None,
+) -> list[StageResult]:
+    """Data prep → pretrain → SFT → RL → convert → eval, each stage cached by its inputs and config."""
+    logger = get_run_logger()
+    options = RunOptions(config=config, run=run, batch=batch, overrides=tuple(overrides or ()))
+    context = resolve_context(options)
+    selected = [STAGES_BY_ID[s] for s in stages] if stages else list(STAGES)
+    jobs = stage_jobs(context, selected)
+    store = open_store(context.artifacts)
+    logger.info(f"profile {context.profile.name} ({context.profile.origin}), config {config}, store {store.root}")
+    return execute_stages(jobs, store, context.wandb, detached=options.detached)
+
+
+def execute_stages(
+    jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig | None, *, detached: bool = False
+) -> list[StageResult]:
+    """Run the jobs in order inside the current flow; each consumes what the previous ones made."""
+    from tasks.lineage import publish_run_lineage
+
+    produced: dict[str, ArtifactVersion] = {}
+    results: list[StageResult] = []
+    for job in jobs:
+        prepared = prepare_stage(job, store, produced)
+        state = run_stage(prepared, store, wandb, detached=detached, return_state=True)
+        result: StageResult = state.result()
+        if state.name == "Cached":
+            result = result.model_copy(update={"status": "cached", "seconds": 0.0})
+        produced[result.artifact.name] = result.artifact
+        results.append(result)
+    publish_run_lineage([(r.stage, r.artifact, r.inputs) for r in results])
+    return results

@@ -1,0 +1,37 @@
+"""The table printed at the end of a run: what ran, what was cached, what it measured."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from tasks.stage_task import StageResult
+
+#: The headline metric(s) of each stage, in the order shown.
+KEY_METRICS = {
+    "data_prep/pretrain": ("num_tokens_train", "vocab_size"),
+    "data_prep/sft": ("num_train", "num_valid"),
+    "data_prep/rl": ("num_train", "num_valid"),
+    "pretrain": ("valid_loss", "valid_perplexity"),
+    "sft": ("exact_match_before", "exact_match_after"),
+    "rl": ("exact_match_before", "exact_match_after"),
+    "convert": ("max_abs_logit_diff",),
+    "eval": ("model_exact_match", "baseline_exact_match"),
+}
+
+
+def _format(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def summary_table(results: list[StageResult]) -> Table:
+    table = Table(title="nano3 pipeline")
+    for column in ("stage", "status", "time (s)", "key metrics", "artifact"):
+        table.add_column(column)
+    for result in results:
+        metrics = result.artifact.metrics
+        wanted = KEY_METRICS.get(result.stage) or tuple(sorted(metrics))[:2]
+        shown = ", ".join(f"{k}={_format(metrics[k])}" for k in wanted if k in metrics)
+        table.add_row(result.stage, result.status, f"{result.seconds:.1f}", shown, result.artifact.ref)
+    return table

@@ -1,0 +1,159 @@
+# /// script
+# requires-python = ">=3.11"
+# [tool.runspec]
+# name = "nano3/eval"
+# launch = "direct"
+# ///
+"""Evaluate the exported model and the pretrained baseline with lm-eval on the same tasks (backend hf).
+
+The nano3 tasks are lm-eval YAMLs shipped next to this script (tasks/): their data files are
+named relative to this stage's inputs (`${data}`, `${corpus}`), so the script writes copies with
+the input folders filled in and hands lm-eval only those. With `offline` set, the Hugging Face
+libraries are told so before they are imported: a task that would need the hub fails instead of
+downloading. Both models answer the same prompts, so `improvement_exact_match` is what training
+bought over the pretrained model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from pathlib import Path
+from typing import Any
+
+from recipes.nano3 import runtime
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+MODEL_FILES = ("config.json", "tokenizer_config.json")
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+#: Reported at the top level of the manifest's metrics, from the first task that has them.
+HEADLINE = ("exact_match", "word_perplexity", "bits_per_byte")
+
+
+def models_to_evaluate(ctx: runtime.RecipeContext) -> list[str]:
+    """The input names to evaluate, checked before the slow imports."""
+    backend = ctx.config.run.get("backend", "hf")
+    if backend != "hf":
+        raise SystemExit(f"error: this script is the hf backend; run.backend is {backend!r}")
+    names = ["model", "baseline"] if ctx.config.get("compare_baseline", True) else ["model"]
+    for name in names:
+        folder = ctx.input_path(name)
+        missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
+        if missing:
+            raise SystemExit(f"error: input '{name}' at {folder} has no {missing[0]}: expected a checkpoint_hf artifact")
+    return names
+
+
+def resolve_local_tasks(ctx: runtime.RecipeContext, names: list[str], dest: Path) -> list[str]:
+    """Write the shipped YAMLs of the requested tasks into `dest` with input folders filled in.
+
+    Returns the names that are local; the others are left for lm-eval's own task index.
+    """
+    import yaml
+
+    dest.mkdir(parents=True, exist_ok=True)
+    local = [name for name in names if (TASKS_DIR / f"{name}.yaml").is_file()]
+    for name in local:
+        template = string.Template((TASKS_DIR / f"{name}.yaml").read_text())
+        wanted = template.get_identifiers()
+        folders = {input_name: str(ctx.input_path(input_name)) for input_name in wanted}
+        text = template.substitute(folders)
+        for split, path in yaml.safe_load(text).get("dataset_kwargs", {}).get("data_files", {}).items():
+            if not Path(path).is_file():
+                raise SystemExit(f"error: task {name}: its {split} data {path} does not exist")
+        (dest / f"{name}.yaml").write_text(text)
+    return local
+
+
+def metric_values(task_results: dict[str, Any]) -> dict[str, float]:
+    """lm-eval keys metrics "name,filter"; the filter is dropped where it is lm-eval's "none"."""
+    values = {}
+    for key, value in task_results.items():
+        if key == "alias" or not isinstance(value, int | float):
+            continue
+        metric, _, applied_filter = key.partition(",")
+        values[metric if applied_filter in ("", "none") else key] = round(float(value), 6)
+    return values
+
+
+def evaluate(model_dir: Path, tasks: list[str], task_manager: Any, ctx: runtime.RecipeContext) -> dict[str, Any]:
+    import lm_eval
+    import torch
+
+    from recipes.nano3 import hf_model
+
+    cfg = ctx.config
+    placement = hf_model.choose_placement(str(cfg.get("precision", "fp32")))
+    model_args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": str(placement.dtype).removeprefix("torch.")}
+    if cfg.get("mamba_chunk_size"):
+        model_args["chunk_size"] = int(cfg.mamba_chunk_size)
+    # lm-eval decodes replies without special tokens, so a reply must not run on past its end of turn.
+    stops = sorted(hf_model.stop_token_ids(hf_model.load_tokenizer(model_dir)))
+    output = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=model_args,
+        tasks=tasks,
+        task_manager=task_manager,
+        batch_size=int(cfg.batch_size),
+        device=placement.device.type,
+        limit=cfg.get("limit"),
+        apply_chat_template=bool(cfg.get("apply_chat_template", True)),
+        gen_kwargs={"eos_token_id": stops},
+        bootstrap_iters=int(cfg.get("bootstrap_iters", 0)),
+        log_samples=False,
+        random_seed=ctx.seed,
+        numpy_random_seed=ctx.seed,
+        torch_random_seed=ctx.seed,
+    )
+    del torch
+    return {task: metric_values(values) for task, values in output["results"].items()}
+
+
+def headline_metrics(results: dict[str, dict[str, dict[str, float]] | None]) -> dict[str, float]:
+    """Each headline metric for every evaluated model, and how far the model moved exact match."""
+    metrics: dict[str, float] = {}
+    for side, tasks in results.items():
+        if tasks is None:
+            continue
+        prefix = "" if side == "model" else f"{side}_"
+        for metric in HEADLINE:
+            value = next((values[metric] for values in tasks.values() if metric in values), None)
+            if value is not None:
+                metrics[prefix + metric] = value
+        metrics.update({f"{prefix}{task}/{m}": v for task, values in tasks.items() for m, v in values.items()})
+    if "exact_match" in metrics and "baseline_exact_match" in metrics:
+        metrics["improvement_exact_match"] = round(metrics["exact_match"] - metrics["baseline_exact_match"], 6)
+    return metrics
+
+
+def main() -> None:
+    ctx = runtime.start()
+    names = models_to_evaluate(ctx)
+    if ctx.config.get("offline", True):
+        os.environ.update(OFFLINE_ENV)
+
+    from lm_eval.tasks import TaskManager
+
+    tasks = [str(task) for task in ctx.config.tasks]
+    local = resolve_local_tasks(ctx, tasks, ctx.work_dir / "tasks")
+    task_manager = TaskManager(include_path=str(ctx.work_dir / "tasks"), include_defaults=len(local) < len(tasks))
+
+    results: dict[str, dict[str, dict[str, float]] | None] = {"model": None, "baseline": None}
+    for done, name in enumerate(names):
+        print(f"evaluating input '{name}' ({ctx.input_path(name)}) on {tasks}", flush=True)
+        results[name] = evaluate(ctx.input_path(name), tasks, task_manager, ctx)
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+        runtime.progress(done + 1, len(names))
+
+    (ctx.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    runtime.finish(
+        ctx,
+        "eval_results",
+        metrics=headline_metrics(results),
+        metadata={"tasks": tasks, "limit": ctx.config.get("limit"), "evaluated": names},
+    )
+
+
+if __name__ == "__main__":
+    main()

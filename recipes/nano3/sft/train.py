@@ -1,0 +1,131 @@
+# /// script
+# requires-python = ">=3.11"
+# [tool.runspec]
+# name = "nano3/sft"
+# launch = "torchrun"
+# ///
+"""Supervised fine-tuning of a nano3 model folder on chat JSONL (backend hf).
+
+Each training line is rendered with the tokenizer's chat template and the loss is taken on the
+final assistant answer only: the prompt is context, not something to learn to produce. Held-out
+exact match (greedy) is measured before and after, so the artifact says how much SFT bought.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from recipes.nano3 import runtime
+
+IGNORE_INDEX = -100  # labels the loss skips (torch's cross-entropy default)
+#: input name → (files it must hold, the artifact type that has them)
+REQUIRED = {
+    "data": (("train.jsonl", "valid.jsonl"), "training_jsonl"),
+    "model": (("config.json", "tokenizer_config.json"), "checkpoint_hf"),
+}
+
+
+def check_inputs(ctx: runtime.RecipeContext) -> None:
+    """Fail before the slow imports, naming what is wrong."""
+    backend = ctx.config.run.get("backend", "hf")
+    if backend != "hf":
+        raise SystemExit(f"error: this script is the hf backend; run.backend is {backend!r}")
+    for name, (files, kind) in REQUIRED.items():
+        folder = ctx.input_path(name)
+        missing = [file for file in files if not (folder / file).is_file()]
+        if missing:
+            raise SystemExit(f"error: input '{name}' at {folder} has no {missing[0]}: expected a {kind} artifact")
+
+
+def mask_prompt(prompt_ids: Sequence[int], full_ids: Sequence[int]) -> list[int]:
+    """Labels for `full_ids` that ignore the prompt it starts with."""
+    if list(full_ids[: len(prompt_ids)]) != list(prompt_ids):
+        raise ValueError("the rendered conversation does not start with its rendered prompt: check the chat template")
+    return [IGNORE_INDEX] * len(prompt_ids) + list(full_ids[len(prompt_ids) :])
+
+
+def tokenize_conversation(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> tuple[list[int], list[int]]:
+    """Input ids and labels for a conversation whose last message is the answer to learn."""
+    from recipes.nano3 import hf_model
+
+    if messages[-1]["role"] != "assistant":
+        raise ValueError(f"the last message must be the assistant's answer, not {messages[-1]['role']!r}")
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False)
+    full_ids = tokenizer(text, add_special_tokens=False).input_ids
+    return full_ids, mask_prompt(hf_model.render_prompt(tokenizer, messages[:-1]), full_ids)
+
+
+def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
+    """Right padding: causal layers never look ahead, so the pads change nothing before them."""
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id)
+    labels = torch.full((len(examples), width), IGNORE_INDEX)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, targets) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(targets)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def main() -> None:
+    ctx = runtime.start()
+    check_inputs(ctx)
+
+    import numpy as np
+
+    from recipes.nano3 import hf_model
+
+    train = ctx.config.train
+    data = ctx.input_path("data")
+    placement = hf_model.choose_placement(str(train.get("precision", "fp32")))
+    model, tokenizer = hf_model.load_model(
+        ctx.input_path("model"), placement, chunk_size=int(train.get("mamba_chunk_size", 16))
+    )
+    examples = [tokenize_conversation(tokenizer, line["messages"]) for line in hf_model.read_jsonl(data / "train.jsonl")]
+    valid = hf_model.read_jsonl(data / "valid.jsonl")
+    prompts, answers = [line["messages"][:-1] for line in valid], [line["messages"][-1]["content"] for line in valid]
+    print(f"{len(examples)} training conversations, {len(valid)} held-out problems", flush=True)
+
+    optimizer, scheduler = hf_model.make_optimizer(model, train)
+    state = hf_model.TrainingState(model, optimizer, scheduler, np.random.default_rng(ctx.seed))
+    batch_size = min(int(train.micro_batch_size), len(examples))
+
+    def evaluate() -> float:
+        score = hf_model.exact_match(model, tokenizer, prompts, answers)
+        print(f"step {state.step}: held-out exact match {score:.1%} on {len(answers)} problems", flush=True)
+        return score
+
+    def next_batch() -> dict[str, Any]:
+        picks = state.sampler.choice(len(examples), size=batch_size, replace=False)
+        return collate([examples[i] for i in picks], tokenizer.pad_token_id)
+
+    if not hf_model.resume(ctx.work_dir, state):
+        state.extra = {"exact_match_start": evaluate()}
+    result = hf_model.run_training(state, next_batch, evaluate, train, ctx.work_dir, placement)
+
+    hf_model.save_model(model, tokenizer, ctx.output_dir)
+    runtime.finish(
+        ctx,
+        "checkpoint_hf",
+        metrics={
+            "exact_match_start": state.extra["exact_match_start"],
+            "exact_match": result.evaluation,
+            "train_loss": None if result.loss is None else round(result.loss, 4),
+            "tokens_per_s": None if result.tokens_per_s is None else round(result.tokens_per_s),
+            "steps": state.step,
+        },
+        metadata={
+            "train_conversations": len(examples),
+            "held_out_problems": len(valid),
+            "mamba_chunk_size": model.config.chunk_size,
+            "device": str(placement.device),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""The artifact store: content-addressed stage outputs, a versioned registry, submission records.
+
+Layout under the store's root (any fsspec URL; a local folder by default, `s3://…` with s3fs):
+
+    <root>/<stage>/<cache_key>/…            a stage's outputs; manifest.json, written last, marks it done
+    <root>/_work/<stage>/<cache_key>/…      checkpoints and scratch of a stage still running
+    <root>/_registry/<name>/v<N>.json       one file per published version, never rewritten
+    <root>/_registry/<name>/latest.json     the alias, replaced atomically
+    <root>/_runs/<cache_key>.json           the submission record: which job is computing that key
+
+Versions are created with an exclusive create on local disks (two publishers race for v<N>; the
+loser takes v<N+1>), so concurrent runs never clobber each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from pydantic import BaseModel, Field
+
+from blocks.errors import ConfigError
+from blocks.settings import ArtifactsConfig
+from recipes.nano3.manifest import MANIFEST_NAME, Manifest
+
+REF_PATTERN = re.compile(r"^(?:art://)?(?P<name>[A-Za-z0-9_.-]+)(?::(?P<version>latest|v\d+))?$")
+
+
+class ArtifactError(Exception):
+    """An artifact is missing, of the wrong type, or its files do not match its manifest."""
+
+
+class ArtifactVersion(BaseModel):
+    name: str
+    version: str
+    type: str
+    digest: str
+    uri: str
+    stage: str
+    cache_key: str
+    created: str
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class SubmissionRecord(BaseModel):
+    """Written before waiting on a job, so a rerun after a crash can find it instead of resubmitting."""
+
+    cache_key: str
+    stage: str
+    executor: str
+    experiment_id: str
+    job_id: str | None = None
+    submitted: str
+    attempt: int = 1
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ArtifactStore:
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        if "://" not in root:
+            root = str(Path(root).expanduser().resolve())
+        self.root = root.rstrip("/")
+        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
+        self.is_local = self.fs.protocol in ("file", "local") or "file" in self.fs.protocol
+
+    # --- paths ----------------------------------------------------------------------------
+    def url(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self._root_path.rstrip("/"), *parts])
+
+    def output_url(self, stage_slug: str, cache_key: str) -> str:
+        return self.url(stage_slug, cache_key)
+
+    def work_url(self, stage_slug: str, cache_key: str) -> str:
+        return self.url("_work", stage_slug, cache_key)
+
+    # --- manifests ------------------------------------------------------------------------
+    def read_manifest(self, output_url: str) -> Manifest | None:
+        path = f"{output_url}/{MANIFEST_NAME}"
+        fs, p = fsspec.core.url_to_fs(path) if "://" in path else (self.fs, path)
+        if not fs.exists(p):
+            return None
+        with fs.open(p, "rb") as handle:
+            return Manifest.model_validate_json(handle.read())
+
+    def verify(self, name: str, output_url: str, manifest: Manifest) -> None:
+        """Recompute every file's sha256; the first mismatch is an error naming artifact and file."""
+        fs, base = fsspec.core.url_to_fs(output_url) if "://" in output_url else (self.fs, output_url)
+        for entry in manifest.files:
+            path = f"{base}/{entry.path}"
+            if not fs.exists(path):
+                raise ArtifactError(f"artifact {name}: file {entry.path} is missing from {output_url}")
+            digest = hashlib.sha256()
+            with fs.open(path, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+            if digest.hexdigest() != entry.sha256:
+                raise ArtifactError(
+                    f"artifact {name}: file {entry.path} is corrupted "
+                    f"(sha256 {digest.hexdigest()[:12]}…, manifest says {entry.sha256[:12]}…)"
+                )
+
+    # --- registry -------------------------------------------------------------------------
+    def _versions(self, name: str) -> list[int]:
+        folder = self._path("_registry", name)
+        if not self.fs.exists(folder):
+            return []
+        found = []
+        for entry in self.fs.ls(folder, detail=False):
+            match = re.fullmatch(r"v(\d+)\.json", Path(entry).name)
+            if match:
+                found.append(int(match.group(1)))
+        return sorted(found)
+
+    def _read_json(self, path: str) -> dict[str, Any] | None:
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "rb") as handle:
+            return json.loads(handle.read())
+
+    def version(self, name: str, version: str) -> ArtifactVersion | None:
+        data = self._read_json(self._path("_registry", name, f"{version}.json"))
+        return ArtifactVersion.model_validate(data) if data else None
+
+    def latest(self, name: str) -> ArtifactVersion | None:
+        data = self._read_json(self._path("_registry", name, "latest.json"))
+        return ArtifactVersion.model_validate(data) if data else None
+
+    def resolve(self, ref: str, *, expected_type: str | None = None) -> ArtifactVersion:
+        """`name`, `name:latest`, `name:v3`, with or without `art://`."""
+        match = REF_PATTERN.match(ref.strip())
+        if not match:
+            raise ConfigError(f"artifact reference {ref!r} is not name[:latest|:vN]")
+        name, version = match.group("name"), match.group("version") or "latest"
+        found = self.latest(name) if version == "latest" else self.version(name, version)
+        if found is None:
+            known = self._versions(name)
+            detail = f"versions: {', '.join(f'v{v}' for v in known)}" if known else "nothing published under that name"
+            raise ArtifactError(f"artifact {name}:{version} not found in {self.root} ({detail})")
+        if expected_type and found.type != expected_type:
+            raise ArtifactError(f"artifact {found.ref} is of type {found.type}, expected {expected_type}")
+        return found
+
+    def publish(self, name: str, output_url: str, manifest: Manifest, *, cache_key: str) -> ArtifactVersion:
+        """Register `output_url` as the next version of `name` (or return the version that already
+        holds this exact content), and point `latest` at it."""
+        for number in reversed(self._versions(name)):
+            existing = self.version(name, f"v{number}")
+            if existing and existing.digest == manifest.digest and existing.uri == output_url:
+                self._write_latest(name, existing)
+                return existing
+            break
+        while True:
+            number = (self._versions(name) or [0])[-1] + 1
+            record = ArtifactVersion(
+                name=name,
+                version=f"v{number}",
+                type=manifest.type,
+                digest=manifest.digest,
+                uri=output_url,
+                stage=manifest.stage,
+                cache_key=cache_key,
+                created=_now(),
+                metrics=manifest.metrics,
+                inputs=[i.model_dump() for i in manifest.inputs],
+            )
+            if self._create_exclusive(self._path("_registry", name, f"v{number}.json"), record.model_dump_json(indent=2)):
+                self._write_latest(name, record)
+                return record
+
+    def _create_exclusive(self, path: str, text: str) -> bool:
+        self.fs.makedirs(str(Path(path).parent), exist_ok=True)
+        if self.is_local:
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            Path(tmp).write_text(text)
+            try:
+                os.link(tmp, path)  # fails if another publisher took this version first
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        if self.fs.exists(path):
+            return False
+        self.fs.pipe_file(path, text.encode())
+        return True
+
+    def _write_latest(self, name: str, record: ArtifactVersion) -> None:
+        current = self.latest(name)
+        if current and _version_number(current.version) > _version_number(record.version):
+            return  # a newer version was published meanwhile; never move latest backwards
+        self._write_atomic(self._path("_registry", name, "latest.json"), record.model_dump_json(indent=2))
+
+    def _write_atomic(self, path: str, text: str) -> None:
+        self.fs.makedirs(str(Path(path).parent), exist_ok=True)
+        if self.is_local:
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            Path(tmp).write_text(text)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, text.encode())
+
+    # --- submission records ---------------------------------------------------------------
+    def read_record(self, cache_key: str) -> SubmissionRecord | None:
+        data = self._read_json(self._path("_runs", f"{cache_key}.json"))
+        return SubmissionRecord.model_validate(data) if data else None
+
+    def write_record(self, record: SubmissionRecord) -> None:
+        self._write_atomic(self._path("_runs", f"{record.cache_key}.json"), record.model_dump_json(indent=2))
+
+
+def _version_number(version: str) -> int:
+    return int(version.removeprefix("v"))
+
+
+#: Where artifacts go when neither env.toml [artifacts] nor NANO3_ARTIFACTS_ROOT says otherwise.
+DEFAULT_ROOT = ".nano3/artifacts"
+
+
+def open_store(settings: ArtifactsConfig | None) -> ArtifactStore:
+    """The store of env.toml's [artifacts] (or its block); NANO3_ARTIFACTS_ROOT; else ./.nano3/artifacts."""
+    root = (settings.root if settings else None) or os.environ.get("NANO3_ARTIFACTS_ROOT") or DEFAULT_ROOT
+    options: dict[str, Any] = {}
+    if settings and root.startswith("s3://"):
+        if settings.endpoint_url:
+            options["client_kwargs"] = {"endpoint_url": settings.endpoint_url}
+        if settings.access_key_id:
+            options["key"] = settings.access_key_id
+        if settings.secret_access_key is not None:
+            options["secret"] = settings.secret_access_key.get_secret_value()
+    return ArtifactStore(root, options)

@@ -1,0 +1,128 @@
+"""Lineage of published artifacts: Prefect artifacts, Prefect assets, and a W&B mirror.
+
+Prefect shows each stage's inputs → output (with versions and digests) and metrics on the run's
+page, and its asset graph links the outputs; W&B gets the same artifacts with aliases. Offline,
+W&B cannot record `use_artifact` edges, so the inputs go into the artifact's metadata instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from blocks.settings import WandbConfig
+from tasks.artifacts import ArtifactVersion
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def asset_key(uri: str) -> str:
+    """Prefect asset keys are URIs; a local path becomes file://."""
+    return uri if "://" in uri else Path(uri).resolve().as_uri()
+
+
+def _short(digest: str) -> str:
+    return digest.removeprefix("sha256:")[:12]
+
+
+def publish_stage_artifacts(stage_id: str, output: ArtifactVersion, inputs: dict[str, ArtifactVersion], status: str) -> None:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    rows = "\n".join(
+        f"| {name} | `{ref.ref}` | {ref.type} | `{_short(ref.digest)}` | `{ref.uri}` |" for name, ref in inputs.items()
+    ) or "| – | (none) | | | |"
+    create_markdown_artifact(
+        key=artifact_key(stage_id, "lineage"),
+        description=f"{stage_id}: inputs → output",
+        markdown=(
+            f"## {stage_id} ({status})\n\n"
+            f"**Output** `{output.ref}` ({output.type}), digest `{_short(output.digest)}`, at `{output.uri}`\n\n"
+            "| input | artifact | type | digest | location |\n|---|---|---|---|---|\n"
+            f"{rows}\n"
+        ),
+    )
+    if output.metrics:
+        create_table_artifact(
+            key=artifact_key(stage_id, "metrics"),
+            description=f"{stage_id}: metrics of {output.ref}",
+            table=[{"metric": k, "value": v} for k, v in sorted(output.metrics.items())],
+        )
+
+
+def mermaid_lineage(results: list[tuple[str, ArtifactVersion, dict[str, ArtifactVersion]]]) -> str:
+    """The whole run as a Mermaid graph: artifact versions as nodes, stages as edges."""
+    lines = ["graph LR"]
+    node = lambda ref: artifact_key(ref.name, ref.version)  # noqa: E731
+    for stage_id, output, inputs in results:
+        lines.append(f'  {node(output)}["{output.ref}<br/>{output.type}"]')
+        for ref in inputs.values():
+            lines.append(f"  {node(ref)} -->|{stage_id}| {node(output)}")
+    return "\n".join(lines)
+
+
+def publish_run_lineage(results: list[tuple[str, ArtifactVersion, dict[str, ArtifactVersion]]]) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        key="nano3-lineage",
+        description="Lineage of this nano3 run",
+        markdown="## nano3 lineage\n\n```mermaid\n" + mermaid_lineage(results) + "\n```\n",
+    )
+
+
+def mirror_to_wandb(
+    settings: WandbConfig | None,
+    stage_id: str,
+    output: ArtifactVersion,
+    inputs: dict[str, ArtifactVersion],
+    wandb_dir: Path,
+) -> Path | None:
+    """Log the output as a W&B artifact (by reference: nothing is copied). Returns the run folder."""
+    import wandb
+
+    settings = settings or WandbConfig()
+    mode = settings.mode or os.environ.get("WANDB_MODE") or "offline"
+    if mode == "disabled":
+        return None
+    wandb_dir.mkdir(parents=True, exist_ok=True)
+    env: dict[str, Any] = {}
+    if settings.api_key is not None:
+        env["api_key"] = settings.api_key.get_secret_value()
+    run = wandb.init(
+        project=settings.project or "nano3",
+        entity=settings.entity,
+        group=settings.group,
+        job_type=stage_id.replace("/", "-"),
+        name=f"{stage_id.replace('/', '-')}-{output.version}",
+        dir=str(wandb_dir),
+        mode=mode,
+        tags=list(settings.tags),
+        reinit="create_new",
+        settings=wandb.Settings(silent=True, **({"api_key": env["api_key"]} if env else {})),
+    )
+    try:
+        artifact = wandb.Artifact(
+            name=output.name,
+            type=output.type,
+            metadata={
+                "digest": output.digest,
+                "version": output.version,
+                "cache_key": output.cache_key,
+                "metrics": output.metrics,
+                "inputs": [{"ref": r.ref, "digest": r.digest, "type": r.type} for r in inputs.values()],
+            },
+        )
+        artifact.add_reference(asset_key(output.uri), checksum=False)
+        if mode == "online":
+            for ref in inputs.values():
+                run.use_artifact(f"{ref.name}:{ref.version}")
+        run.log({f"{stage_id}/{k}": v for k, v in output.metrics.items() if isinstance(v, (int, float))})
+        run.log_artifact(artifact, aliases=[output.version, "latest"])
+        return Path(run.dir).parent
+    finally:
+        run.finish()

@@ -1,0 +1,196 @@
+"""The one generic Prefect task every stage runs: submit recipe → wait → read manifest → publish.
+
+Caching: the stage's cache key (tasks.cache_key) plus the digest of the manifest found for it is
+Prefect's cache key, so a finished stage shows as Cached and does no work. A stage whose job
+fails is retried by Prefect with backoff; the recipe resumes from its own checkpoints because a
+retry reuses the same work folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from omegaconf import OmegaConf
+from prefect import get_run_logger, task
+from prefect.cache_policies import CachePolicy
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel
+
+from blocks.settings import WandbConfig
+from recipes.nano3.runtime import PROGRESS_PREFIX
+from tasks.artifacts import ArtifactError, ArtifactStore, ArtifactVersion
+from tasks.cache_key import compute_cache_key
+from tasks.job_config import JobConfig
+from tasks.submit import submit_and_wait
+
+
+class StageFailed(Exception):
+    """The job ended without a manifest: the stage did not finish, whatever its exit code."""
+
+
+class StageResult(BaseModel):
+    stage: str
+    status: Literal["ran", "cached", "reattached"]
+    seconds: float
+    artifact: ArtifactVersion
+    inputs: dict[str, ArtifactVersion]
+
+
+@dataclass(frozen=True)
+class PreparedStage:
+    """A job config with its inputs resolved to artifact versions and its cache key computed."""
+
+    job: JobConfig
+    cache_key: str
+    inputs: dict[str, ArtifactVersion]
+    output_url: str
+    work_url: str
+    resolved_yaml: str
+
+    @property
+    def stage_id(self) -> str:
+        return self.job.stage.id
+
+
+def prepare_stage(job: JobConfig, store: ArtifactStore, produced: dict[str, ArtifactVersion]) -> PreparedStage:
+    """Inputs named by the config's `run:` block; those made earlier in this run win over `latest`."""
+    config = OmegaConf.to_container(job.recipe_config, resolve=True)
+    assert isinstance(config, dict)
+    run_block: dict[str, Any] = dict(config.get("run") or {})
+    inputs: dict[str, ArtifactVersion] = {}
+    for name, kind in job.stage.consumes:
+        ref = run_block.get(name)
+        if not ref:
+            raise ArtifactError(f"stage {job.stage.id}: config {job.config_file} sets no run.{name} ({kind} input)")
+        artifact_name = str(ref).removeprefix("art://").split(":")[0]
+        version = produced.get(artifact_name)
+        inputs[name] = version if version and str(ref).endswith(":latest") else store.resolve(str(ref), expected_type=kind)
+        if inputs[name].type != kind:
+            raise ArtifactError(f"artifact {inputs[name].ref} is of type {inputs[name].type}, stage {job.stage.id} needs {kind}")
+    key = compute_cache_key(job.stage, config, {n: v.digest for n, v in inputs.items()})
+    output_url = store.output_url(job.stage.slug, key)
+    work_url = store.work_url(job.stage.slug, key)
+    run_block.update(
+        stage=job.stage.id,
+        output_dir=output_url,
+        work_dir=work_url,
+        seed=int(config.get("seed", 1234)),
+        inputs={
+            n: {"name": v.name, "version": v.version, "digest": v.digest, "type": v.type, "path": v.uri}
+            for n, v in inputs.items()
+        },
+    )
+    config["run"] = run_block
+    return PreparedStage(job, key, inputs, output_url, work_url, OmegaConf.to_yaml(OmegaConf.create(config)))
+
+
+class StageCachePolicy(CachePolicy):
+    """Cached exactly when the stage's output exists: key = cache key + manifest digest."""
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+        prepared: PreparedStage = inputs["prepared"]
+        manifest = inputs["store"].read_manifest(prepared.output_url)
+        if manifest is None:
+            return None
+        # The output's location is part of the key: the same content in another store is not a hit.
+        where = hashlib.sha256(prepared.output_url.encode()).hexdigest()[:8]
+        return f"nano3-{prepared.cache_key}-{manifest.digest.removeprefix('sha256:')[:16]}-{where}"
+
+
+class ProgressReporter:
+    """Turns the recipe's progress lines into a Prefect progress artifact; logs every other line."""
+
+    def __init__(self, stage_id: str) -> None:
+        self.stage_id = stage_id
+        self.logger = get_run_logger()
+        self.artifact_id: Any = None
+        self.last_percent = -1.0
+
+    def __call__(self, line: str) -> None:
+        if not line.startswith(PROGRESS_PREFIX):
+            self.logger.info(line)
+            return
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        update = json.loads(line[len(PROGRESS_PREFIX):])
+        percent = round(100.0 * update["step"] / max(1, update["total"]), 1)
+        if self.artifact_id is None:
+            from tasks.lineage import artifact_key
+
+            self.artifact_id = create_progress_artifact(
+                progress=percent, key=artifact_key(self.stage_id, "progress"), description=f"{self.stage_id} progress"
+            )
+        elif percent != self.last_percent:
+            update_progress_artifact(self.artifact_id, progress=percent)
+        self.last_percent = percent
+        metrics = ", ".join(f"{k}={v}" for k, v in update.items() if k not in ("step", "total", "time"))
+        self.logger.info(f"step {update['step']}/{update['total']} {metrics}".rstrip())
+
+
+def _publish(prepared: PreparedStage, store: ArtifactStore) -> ArtifactVersion:
+    manifest = store.read_manifest(prepared.output_url)
+    if manifest is None:
+        raise StageFailed(f"{prepared.stage_id}: no manifest at {prepared.output_url}")
+    store.verify(prepared.job.stage.artifact, prepared.output_url, manifest)
+    if manifest.type != prepared.job.stage.produces:
+        raise ArtifactError(
+            f"{prepared.stage_id} produced a {manifest.type} artifact, the stage declares {prepared.job.stage.produces}"
+        )
+    return store.publish(prepared.job.stage.artifact, prepared.output_url, manifest, cache_key=prepared.cache_key)
+
+
+@task(
+    name="nano3-stage",
+    task_run_name="{prepared.stage_id}",
+    cache_policy=StageCachePolicy(),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_jitter_factor=0.2,
+)
+def run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None, detached: bool = False) -> StageResult:
+    from tasks.lineage import mirror_to_wandb, publish_stage_artifacts
+
+    logger = get_run_logger()
+    started = time.monotonic()
+    status: Literal["ran", "cached", "reattached"] = "cached"
+    if store.read_manifest(prepared.output_url) is None:
+        logger.info(f"{prepared.stage_id}: cache key {prepared.cache_key}, submitting through {prepared.job.profile.executor}")
+        outcome = submit_and_wait(
+            prepared.job,
+            resolved_config=prepared.resolved_yaml,
+            cache_key=prepared.cache_key,
+            work_dir=prepared.work_url,
+            store=store,
+            detached=detached,
+            on_line=ProgressReporter(prepared.stage_id),
+        )
+        status = "reattached" if outcome.reattached else "ran"
+        if store.read_manifest(prepared.output_url) is None:
+            tail = "\n".join(outcome.log_tail[-20:])
+            raise StageFailed(
+                f"{prepared.stage_id}: job {outcome.job_id} ended {outcome.state} without a manifest; last log lines:\n{tail}"
+            )
+    else:
+        logger.info(f"{prepared.stage_id}: output for cache key {prepared.cache_key} exists; verifying")
+    artifact = _publish(prepared, store)
+    publish_stage_artifacts(prepared.stage_id, artifact, prepared.inputs, status)
+    mirror_to_wandb(wandb, prepared.stage_id, artifact, prepared.inputs, store_wandb_dir(store))
+    return StageResult(
+        stage=prepared.stage_id,
+        status=status,
+        seconds=round(time.monotonic() - started, 1),
+        artifact=artifact,
+        inputs=prepared.inputs,
+    )
+
+
+def store_wandb_dir(store: ArtifactStore):  # noqa: ANN201 - Path
+    """W&B writes its offline runs next to a local store, or under ./.nano3 for a remote one."""
+    from pathlib import Path
+
+    return Path(store.root) / "_wandb" if store.is_local else Path(".nano3") / "wandb"

@@ -1,0 +1,175 @@
+"""Submitting a recipe through NeMo-Run, recording it, re-attaching to it, and waiting for it.
+
+The NeMo-Run calls are all here, top to bottom: Experiment, add the Script, run detached, then
+poll `exp.status()` (NeMo-Run's `exp.run()` does not raise when the job fails) while tailing the
+job's log files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blocks.executors import ExecutionTarget, build_executor
+from blocks.profiles import LocalProfile
+from tasks.artifacts import ArtifactStore, SubmissionRecord, _now
+from tasks.job_config import JobConfig
+from tasks.submission import launcher_for, recipe_task
+
+ACTIVE = {"SUBMITTED", "PENDING", "RUNNING", "UNKNOWN_ACTIVE"}
+POLL_SECONDS = 1.0
+LOG_NAMES = ("combined.log", "stdout.log")
+
+
+@dataclass
+class JobOutcome:
+    state: str
+    experiment_id: str
+    job_id: str | None
+    reattached: bool
+    log_tail: list[str]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "SUCCEEDED"
+
+
+def _state(exp: Any) -> tuple[str, str | None, str | None]:
+    """(state name, job id, local dir) of the experiment's only job."""
+    statuses = exp.status(return_dict=True) or {}
+    if not statuses:
+        return "UNKNOWN", None, None
+    info = next(iter(statuses.values()))
+    state = getattr(info.get("status"), "name", str(info.get("status")))
+    return state, info.get("job_id"), info.get("local_dir")
+
+
+class LogTail:
+    """Follows the newest log file under a job folder and hands every new line to a callback."""
+
+    def __init__(self, folder: str | None, on_line: Callable[[str], None]) -> None:
+        self.folder = Path(folder) if folder else None
+        self.on_line = on_line
+        self.offsets: dict[Path, int] = {}
+        self.last: list[str] = []
+
+    def _files(self) -> list[Path]:
+        if not self.folder or not self.folder.exists():
+            return []
+        found = [p for name in LOG_NAMES for p in self.folder.rglob(name)]
+        found += list(self.folder.glob("log-*.out"))
+        return sorted(set(found), key=lambda p: p.stat().st_mtime)
+
+    def poll(self) -> None:
+        files = self._files()
+        if not files:
+            return
+        path = files[-1]
+        start = self.offsets.get(path, 0)
+        with path.open("rb") as handle:
+            handle.seek(start)
+            chunk = handle.read()
+        complete = chunk.rfind(b"\n") + 1
+        self.offsets[path] = start + complete
+        for raw in chunk[:complete].decode(errors="replace").splitlines():
+            line = raw.split("]: ", 1)[-1] if raw.startswith("[") and "]: " in raw[:40] else raw
+            self.last = (self.last + [line])[-40:]
+            self.on_line(line)
+
+
+def _reattach(record: SubmissionRecord, job: JobConfig) -> Any | None:
+    """The experiment of a previous submission if its job is still active and can be followed.
+
+    A local job cannot outlive the process that started it (NeMo-Run's local scheduler), and its
+    recorded status is not trustworthy afterwards: local submissions are never re-attached.
+    """
+    if isinstance(job.profile, LocalProfile):
+        return None
+    import nemo_run as run
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            exp = run.Experiment.from_id(record.experiment_id)
+    except Exception:  # noqa: BLE001 - a missing or unreadable experiment folder means: resubmit
+        return None
+    state, _, _ = _state(exp)
+    return exp if state in ACTIVE else None
+
+
+def _this_interpreter_first_on_path() -> None:
+    """Local jobs run `python` and `torchrun` from PATH: make them this environment's, which has
+    the recipes' libraries, even when the user did not activate it."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, path])
+
+
+def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool) -> JobOutcome:
+    state, job_id, local_dir = _state(exp)
+    tail = LogTail(local_dir, on_line)
+    while state in ACTIVE:
+        time.sleep(POLL_SECONDS)
+        tail.poll()
+        state, job_id, local_dir = _state(exp)
+        tail.folder = Path(local_dir) if local_dir else tail.folder
+    tail.poll()
+    return JobOutcome(state, exp._id, job_id, reattached, tail.last)
+
+
+def submit_and_wait(
+    job: JobConfig,
+    *,
+    resolved_config: str,
+    cache_key: str,
+    work_dir: str,
+    store: ArtifactStore,
+    detached: bool,
+    on_line: Callable[[str], None],
+) -> JobOutcome:
+    """Re-attach to the job computing `cache_key` if one is running, else submit one; then wait.
+
+    The record is written right after submission and before waiting: a crash while waiting
+    leaves a rerun able to find the job.
+    """
+    import nemo_run as run
+
+    previous = store.read_record(cache_key)
+    exp = _reattach(previous, job) if previous else None
+    if exp is not None:
+        return _wait(exp, on_line, reattached=True)
+
+    if isinstance(job.profile, LocalProfile):
+        _this_interpreter_first_on_path()
+    config_file = Path(work_dir) / "config.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(resolved_config)
+    executor = build_executor(ExecutionTarget(job.profile, detached=detached, launcher=launcher_for(job)))
+    # NeMo-Run prints banners and hints to stdout; the job's own log lines go through on_line.
+    with contextlib.redirect_stdout(io.StringIO()):
+        with run.Experiment(f"nano3-{job.stage.slug}", executor=executor, log_level="WARN") as exp:
+            exp.add(recipe_task(job, str(config_file)), name=job.stage.slug)
+            exp.run(detach=True)
+            state, job_id, _ = _state(exp)
+            store.write_record(
+                SubmissionRecord(
+                    cache_key=cache_key,
+                    stage=job.stage.id,
+                    executor=job.profile.executor,
+                    experiment_id=exp._id,
+                    job_id=job_id,
+                    submitted=_now(),
+                    attempt=(previous.attempt + 1) if previous else 1,
+                )
+            )
+            if detached:
+                return JobOutcome(state, exp._id, job_id, False, [])
+            # Waiting inside the block: leaving it makes NeMo-Run wait on local jobs itself.
+            return _wait(exp, on_line, reattached=False)

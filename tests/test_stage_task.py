@@ -1,0 +1,156 @@
+"""The generic stage task on a real Prefect server and NeMo-Run's LocalExecutor, with toy recipes.
+
+The toy recipes (tests/toy_recipes/) keep to the recipe contract but take a second, so these
+tests pin the orchestration: caching, publishing, digests, retries, resume, lineage, W&B.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from blocks.profiles import LocalProfile
+from flows.pipeline import execute_stages
+from tasks.artifacts import ArtifactError, ArtifactStore
+from tasks.job_config import build_job_config, parse_overrides
+from tasks.stage_task import StageFailed, run_stage
+from tasks.stages import Stage
+
+TOYS = Path(__file__).resolve().parent / "toy_recipes"
+PRODUCE = Stage(id="toy/produce", folder="produce", script="produce.py", consumes=(), produces="raw_jsonl",
+                artifact="toy-numbers", root=TOYS)
+CONSUME = Stage(id="toy/consume", folder="consume", script="consume.py", consumes=(("data", "raw_jsonl"),),
+                produces="eval_results", artifact="toy-total", root=TOYS)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def store(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> ArtifactStore:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("NEMORUN_HOME", str(isolated / "nemo_run"))
+    from nemo_run.config import set_nemorun_home
+
+    set_nemorun_home(str(isolated / "nemo_run"))
+    return ArtifactStore(str(isolated / "store"))
+
+
+def jobs(*overrides: str, produce: tuple[str, ...] = ()) -> list:
+    def job(stage: Stage, extra: tuple[str, ...]):
+        return build_job_config(stage, "tiny", profile=LocalProfile(), profile_name="local", profile_origin="test",
+                                overrides=parse_overrides(extra))
+    return [job(PRODUCE, produce), job(CONSUME, overrides)]
+
+
+@flow
+def toy_flow(stage_jobs: list, store: ArtifactStore) -> list:
+    return execute_stages(stage_jobs, store, None)
+
+
+def records(store: ArtifactStore) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(store.root, "_runs").glob("*.json"))]
+
+
+def test_run_publishes_then_rerun_is_cached(store: ArtifactStore) -> None:
+    first = toy_flow(jobs(), store)
+    assert [r.status for r in first] == ["ran", "ran"]
+    assert first[1].artifact.metrics == {"total": 6}  # (0 + 2 + 4) * 1
+    assert [r.artifact.version for r in first] == ["v1", "v1"]
+    assert store.resolve("toy-total:latest").digest == first[1].artifact.digest
+    assert first[1].inputs["data"].ref == "toy-numbers:v1"
+    submissions = records(store)
+    assert len(submissions) == 2
+
+    second = toy_flow(jobs(), store)
+    assert [r.status for r in second] == ["cached", "cached"]
+    assert [r.artifact.ref for r in second] == ["toy-numbers:v1", "toy-total:v1"]
+    assert records(store) == submissions, "a cached rerun submits nothing"
+
+
+def test_changing_a_downstream_override_reruns_only_downstream(store: ArtifactStore) -> None:
+    toy_flow(jobs(), store)
+    again = toy_flow(jobs("factor=3"), store)
+    assert [r.status for r in again] == ["cached", "ran"]
+    assert again[1].artifact.metrics["total"] == 18 and again[1].artifact.version == "v2"
+    upstream = toy_flow(jobs(produce=("scale=5",)), store)
+    assert [r.status for r in upstream] == ["ran", "ran"]
+
+
+def prefect_logs() -> str:
+    """Every log line the Prefect server holds: what the UI shows for the runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import LogSort
+
+    with get_client(sync_client=True) as client:
+        return "\n".join(log.message for log in client.read_logs(limit=200, sort=LogSort.TIMESTAMP_DESC))
+
+
+def test_failure_is_retried_and_resumes_from_checkpoint(store: ArtifactStore) -> None:
+    results = toy_flow(jobs(produce=("steps=4", "fail_at=3")), store)
+    assert results[0].status == "ran"
+    produced = store.resolve("toy-numbers:latest")
+    work = Path(store.root, "_work", "toy-produce", produced.cache_key)
+    assert (work / "failed_once").exists()
+    record = store.read_record(produced.cache_key)
+    assert record is not None and record.attempt == 2
+    logs = prefect_logs()
+    assert "injected failure at step 3" in logs and "resumed from step 2" in logs
+    assert "step 4/4 value=8" in logs  # progress lines arrive as readable log lines
+
+
+def test_a_job_that_keeps_failing_fails_the_task_with_its_log(store: ArtifactStore) -> None:
+    from tasks.stage_task import prepare_stage
+
+    job = jobs(produce=("fail_at=1",))[0]
+    prepared = prepare_stage(job, store, {})
+    # Remove the marker logic's memory each time: fail every attempt.
+    marker = Path(prepared.work_url) / "failed_once"
+
+    @flow
+    def failing() -> None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        run_stage.with_options(retries=0)(prepared, store, None)
+
+    with pytest.raises(StageFailed) as info:
+        failing()
+    assert "ended FAILED without a manifest" in str(info.value)
+    assert "injected failure at step 1" in str(info.value)
+    assert not Path(prepared.output_url, "manifest.json").exists()
+    with pytest.raises(ArtifactError, match="toy-numbers:latest not found"):
+        store.resolve("toy-numbers:latest")
+
+
+def test_corrupted_output_is_detected_by_name(store: ArtifactStore) -> None:
+    first = toy_flow(jobs(), store)
+    numbers = Path(first[0].artifact.uri) / "numbers.jsonl"
+    numbers.write_text(numbers.read_text() + "{}\n")
+    with pytest.raises(ArtifactError, match=r"artifact toy-numbers: file numbers.jsonl is corrupted"):
+        toy_flow(jobs(), store)
+
+
+def test_prefect_artifacts_and_wandb_mirror(store: ArtifactStore) -> None:
+    from prefect.client.orchestration import get_client
+
+    toy_flow(jobs(), store)
+    with get_client(sync_client=True) as client:
+        lineage = client.read_latest_artifacts()
+        by_key = {a.key: a for a in lineage if a.key}
+    assert "toy-numbers:v1" in by_key["toy-consume-lineage"].data
+    assert "toy-total:v1" in by_key["toy-consume-lineage"].data
+    assert "graph LR" in by_key["nano3-lineage"].data and "toy-numbers-v1 -->|toy/consume| toy-total-v1" in by_key["nano3-lineage"].data
+    table = by_key["toy-consume-metrics"].data
+    assert "total" in json.dumps(table)
+    assert by_key["toy-produce-progress"].data == 100.0
+    wandb_runs = list(Path(store.root, "_wandb").rglob("run-*.wandb"))
+    assert len(wandb_runs) == 2
+    assert any(b"toy-total" in p.read_bytes() for p in wandb_runs)
