@@ -85,10 +85,25 @@ class EnvFile:
     def has_profile(self, name: str) -> bool:
         return name in self.raw_profiles
 
+    def is_base(self, name: str) -> bool:
+        """A section other profiles extend and that names no executor anywhere in its chain:
+        a bundle of shared settings, not a place to run. Listing and pushing skip it."""
+        extended = any(p.get("extends") == name for p in self.raw_profiles.values())
+        chain, seen = name, set()
+        while chain in self.raw_profiles and chain not in seen:
+            seen.add(chain)
+            if "executor" in self.raw_profiles[chain]:
+                return False
+            chain = self.raw_profiles[chain].get("extends")
+        return extended
+
+    def runnable_profiles(self) -> list[str]:
+        return [name for name in self.raw_profiles if not self.is_base(name)]
+
     def _inherited(self, name: str, chain: tuple[str, ...]) -> dict[str, Any]:
         if name in chain:
             cycle = " -> ".join((*chain[chain.index(name):], name))
-            raise ConfigError(f"'extends' forms a cycle: {cycle}", file=str(self.path), section=chain[-1], key="extends")
+            raise ConfigError(f"'extends' forms a cycle: {cycle}", file=str(self.path), section=chain[0], key="extends")
         section = self.raw_profiles[name]
         parent = section.get("extends")
         own = {k: v for k, v in section.items() if k != "extends"}

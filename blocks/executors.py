@@ -48,6 +48,15 @@ class ExecutionTarget:
     launcher: str | None = None
     #: False while planning: every secret becomes REDACTED before NeMo-Run ever sees it.
     reveal_secrets: bool = True
+    #: Where a Slurm job reads its secret env vars from (a 0600 file written at submission).
+    secrets_file: str = ".nano3-secrets/<submission>.env"
+    #: Secret env vars from elsewhere than the profile (the W&B key of [wandb]).
+    extra_secret_env: tuple[tuple[str, str], ...] = ()
+    #: The profile's name, for errors.
+    profile_name: str | None = None
+
+    def secret_env(self) -> dict[str, str]:
+        return {**self.profile.secret_env(), **dict(self.extra_secret_env)}
 
 
 def _secret(value: SecretStr | None, target: ExecutionTarget) -> str | None:
@@ -59,9 +68,7 @@ def _secret(value: SecretStr | None, target: ExecutionTarget) -> str | None:
 def _env(target: ExecutionTarget, *, with_secrets: bool = True) -> dict[str, str]:
     env = dict(target.profile.env_vars)
     if with_secrets:
-        env.update(
-            {k: v if target.reveal_secrets else REDACTED for k, v in target.profile.secret_env().items()}
-        )
+        env.update({k: v if target.reveal_secrets else REDACTED for k, v in target.secret_env().items()})
     return env
 
 
@@ -81,12 +88,8 @@ def build_packager(profile: _Profile) -> run.Packager:
     if profile.packager == "git":
         return git()
     if profile.packager == "pattern":
-        if not profile.include_pattern:
-            raise ConfigError("packager = 'pattern' needs 'include_pattern'", key="include_pattern")
         return run.PatternPackager(include_pattern=profile.include_pattern, relative_path=profile.relative_path)
     # hybrid: the git archive, plus files outside git (data, generated configs) beside it.
-    if not profile.packager_include_pattern:
-        raise ConfigError("packager = 'hybrid' needs 'packager_include_pattern'", key="packager_include_pattern")
     extra = run.PatternPackager(
         include_pattern=profile.packager_include_pattern, relative_path=profile.relative_path or os.getcwd()
     )
@@ -115,10 +118,11 @@ def _local(target: ExecutionTarget) -> run.Executor:
     import nemo_run as run
 
     profile: LocalProfile = target.profile  # type: ignore[assignment]
-    launcher = "torchrun" if profile.nproc_per_node > 1 else target.launcher
+    # Only a stage that trains with torchrun gets nproc_per_node processes; the others run once.
+    torchrun = target.launcher == "torchrun"
     return run.LocalExecutor(
-        ntasks_per_node=profile.nproc_per_node,
-        launcher=launcher,
+        ntasks_per_node=profile.nproc_per_node if torchrun else 1,
+        launcher="torchrun" if torchrun else None,
         env_vars=_env(target),
         packager=build_packager(profile),
     )
@@ -144,14 +148,18 @@ def _docker(target: ExecutionTarget) -> run.Executor:
     )
 
 
-def slurm_secret_setup_line(profile: SlurmProfile, job_dir: str) -> str | None:
-    """The sbatch line that loads secret env vars from a 0600 file written at submit time."""
-    if not profile.secret_env():
+def slurm_secrets_path(tunnel_job_dir: str, target: ExecutionTarget) -> str:
+    return os.path.join(tunnel_job_dir, target.secrets_file)
+
+
+def slurm_secret_setup_line(target: ExecutionTarget, tunnel_job_dir: str) -> str | None:
+    """The sbatch line that loads secret env vars from the 0600 file written at submission."""
+    names = sorted(target.secret_env())
+    if not names:
         return None
-    path = shlex.quote(os.path.join(job_dir, SLURM_SECRETS_FILE))
-    names = " ".join(sorted(profile.secret_env()))
+    path = shlex.quote(slurm_secrets_path(tunnel_job_dir, target))
     # +v as well as +x: sbatch scripts run with `set -evx`, and -v would echo the sourced lines.
-    return f"set +vx; set -a; . {path}; set +a  # loads: {names}"
+    return f"set +vx; set -a; . {path}; set +a; rm -f {path}  # loads: {' '.join(names)}"
 
 
 def _slurm(target: ExecutionTarget) -> run.Executor:
@@ -159,7 +167,8 @@ def _slurm(target: ExecutionTarget) -> run.Executor:
 
     profile: SlurmProfile = target.profile  # type: ignore[assignment]
     tunnel = build_tunnel(profile, target)
-    setup = [line for line in (profile.setup_lines, slurm_secret_setup_line(profile, tunnel.job_dir)) if line]
+    setup = [profile.setup_lines, *profile.startup_commands, slurm_secret_setup_line(target, tunnel.job_dir)]
+    setup = [line for line in setup if line]
     # pyxis flags only when there is an image: plain Slurm rejects --container-* (exit 127).
     container = (
         {"container_image": profile.container_image, "container_mounts": list(profile.mounts)}
@@ -178,11 +187,14 @@ def _slurm(target: ExecutionTarget) -> run.Executor:
         optional["exclusive"] = True
     if profile.srun_args:
         optional["srun_args"] = list(profile.srun_args)
+    # torchrun stages: NeMo-Run turns ntasks_per_node into torchrun's --nproc-per-node (one srun
+    # task per node); a single-process stage runs once per node, not once per GPU.
+    per_gpu = target.launcher == "torchrun"
     return run.SlurmExecutor(
         account=profile.account,
         partition=profile.partition_for(target.detached),
         nodes=profile.nodes,
-        ntasks_per_node=profile.ntasks_per_node or profile.gpus_per_node or 1,
+        ntasks_per_node=profile.ntasks_per_node or ((profile.gpus_per_node or 1) if per_gpu else 1),
         time=profile.time,
         tunnel=tunnel,
         packager=build_packager(profile),
@@ -240,7 +252,7 @@ def _lepton(target: ExecutionTarget) -> run.Executor:
         image_pull_secrets=list(profile.image_pull_secrets),
         ray_version=profile.ray_version,
         custom_spec=dict(profile.custom_spec),
-        pre_launch_commands=list(profile.pre_launch_commands),
+        pre_launch_commands=[*profile.startup_commands, *profile.pre_launch_commands],
         env_vars=_env(target),
         packager=build_packager(profile),
         launcher=target.launcher,
@@ -287,12 +299,12 @@ def _kuberay(target: ExecutionTarget) -> run.Executor:
     from nemo_run.core.execution.kuberay import KubeRayExecutor, KubeRayWorkerGroup
 
     profile: KubeRayProfile = target.profile  # type: ignore[assignment]
+    head = {k: v for k, v in (("head_cpu", profile.head_cpu), ("head_memory", profile.head_memory)) if v}
     return KubeRayExecutor(
         namespace=profile.namespace,
         image=profile.image,
         ray_version=profile.ray_version,
-        head_cpu=profile.head_cpu,
-        head_memory=profile.head_memory,
+        **head,
         worker_groups=[
             KubeRayWorkerGroup(group_name="workers", replicas=profile.workers, gpus_per_worker=profile.gpus_per_worker)
         ],
@@ -313,8 +325,24 @@ BUILDERS: dict[str, Callable[[ExecutionTarget], Any]] = {
 }
 
 
+#: Executors whose jobs can run `startup_commands` (as sbatch setup lines, Lepton pre-launch commands).
+STARTUP_COMMANDS = ("slurm", "lepton")
+
+
 def build_executor(target: ExecutionTarget) -> run.Executor:
-    return BUILDERS[target.profile.executor](target)
+    kind = target.profile.executor
+    if target.profile.startup_commands and kind not in STARTUP_COMMANDS:
+        raise ConfigError(
+            f"startup_commands is not supported by executor '{kind}'",
+            section=target.profile_name,
+            key="startup_commands",
+            hint=f"supported by: {', '.join(STARTUP_COMMANDS)}",
+        )
+    try:
+        return BUILDERS[kind](target)
+    except ConfigError as exc:
+        exc.section = exc.section or target.profile_name
+        raise ConfigError(exc.message, file=exc.file, section=exc.section, key=exc.key, hint=exc.hint) from None
 
 
 def describe(obj: Any) -> Any:

@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from blocks.env_toml import EnvFile, discover_env_file
+from blocks.env_toml import RESERVED_SECTIONS, EnvFile, discover_env_file
 from blocks.errors import ConfigError, did_you_mean
 from blocks.profiles import Profile, _Profile, parse_profile
 from blocks.settings import ArtifactsConfig, WandbConfig, parse_section
@@ -76,7 +76,8 @@ def push_env_file(env: EnvFile) -> list[str]:
 
     All profiles are validated before the first block is written: bad input writes nothing.
     """
-    profiles = {name: parse_profile(env.profile(name), file=str(env.path), section=name) for name in env.profile_names}
+    check_reserved_sections(env)
+    profiles = {name: parse_profile(env.profile(name), file=str(env.path), section=name) for name in env.runnable_profiles()}
     names = {name: block_name(name) for name in profiles}
     clashes = {b for b in names.values() if list(names.values()).count(b) > 1}
     if clashes:
@@ -97,6 +98,12 @@ def push_env_file(env: EnvFile) -> list[str]:
     if artifacts is not None:
         ArtifactStoreSettings(settings=artifacts).save(ARTIFACTS_BLOCK, overwrite=True)
     return [names[n] for n in profiles]
+
+
+def check_reserved_sections(env: EnvFile) -> None:
+    """[wandb], [artifacts], [cache], [cli] are validated up front, like the profiles."""
+    for name in env.reserved:
+        parse_section(name, env.section(name), file=str(env.path))
 
 
 def list_profile_blocks() -> list[ExecutionProfileBlock]:
@@ -142,6 +149,12 @@ def resolve_profile(name: str, env: EnvFile | None | bool = True) -> ResolvedPro
     `env=True` discovers the file; pass an EnvFile to use it, or None to look at blocks only.
     """
     env_file = discover_env_file() if env is True else env or None
+    if name in RESERVED_SECTIONS:
+        raise ConfigError(
+            f"[{name}] is a reserved section, not a profile",
+            file=str(env_file.path) if env_file else None,
+            hint=f"reserved: {', '.join(RESERVED_SECTIONS)}",
+        )
     if env_file is not None and env_file.has_profile(name):
         profile = parse_profile(env_file.profile(name), file=str(env_file.path), section=name)
         return ResolvedProfile(name, profile, f"env.toml:{env_file.path}", frozenset(profile.model_fields_set))

@@ -49,7 +49,8 @@ PackagerKind = Literal["git", "pattern", "hybrid", "none"]
 class _Profile(BaseModel):
     """Keys every executor understands."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
+    # coerce_numbers_to_str: `mem = 0` or `run.env.mem=0` means "0", as sbatch reads it.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True, coerce_numbers_to_str=True)
 
     executor: str
     env_vars: dict[str, str] = Field(default_factory=dict, description="Environment of the job.")
@@ -85,6 +86,14 @@ class _Profile(BaseModel):
                 secrets[name] = env.pop(name)
             data = {**data, "env_vars": env, "secret_env_vars": secrets}
         return data
+
+    @model_validator(mode="after")
+    def _packager_has_what_it_needs(self) -> _Profile:
+        if self.packager == "pattern" and not self.include_pattern:
+            raise FieldProblem("include_pattern", "packager = 'pattern' needs the files to ship")
+        if self.packager == "hybrid" and not self.packager_include_pattern:
+            raise FieldProblem("packager_include_pattern", "packager = 'hybrid' needs the files to ship beside git")
+        return self
 
     @field_validator("env_vars", mode="before")
     @classmethod

@@ -77,7 +77,13 @@ def profiles_list(
         from blocks.profiles import parse_profile
 
         env = _env_file_or_fail(env_file)
+        from blocks.profile_blocks import check_reserved_sections
+
+        check_reserved_sections(env)
         for name in env.profile_names:
+            if env.is_base(name):
+                table.add_row(name, "[dim](base for extends)[/dim]", str(env.path))
+                continue
             try:
                 profile = parse_profile(env.profile(name), file=str(env.path), section=name)
             except ConfigError as exc:
@@ -94,13 +100,19 @@ def profiles_list(
 
 @profiles_app.command("show")
 @user_errors
-def profiles_show(name: Annotated[str, typer.Argument(help="Profile name.")]) -> None:
+def profiles_show(
+    name: Annotated[str, typer.Argument(help="Profile name.")],
+    env_file: Annotated[str | None, typer.Option("--env-file", help="env.toml to read (default: discovered).")] = None,
+) -> None:
     """Show one resolved profile (env.toml first, then blocks), secrets redacted."""
+    from pathlib import Path
+
     import yaml
 
+    from blocks.env_toml import load_env_file
     from blocks.profile_blocks import resolve_profile
 
-    resolved = resolve_profile(name)
+    resolved = resolve_profile(name, load_env_file(Path(env_file)) if env_file else True)
     data = resolved.profile.model_dump(mode="json")
     print(f"# {name} ({resolved.origin})")
     print(yaml.safe_dump(data, sort_keys=False).rstrip())
@@ -111,12 +123,12 @@ def profiles_show(name: Annotated[str, typer.Argument(help="Profile name.")]) ->
 def profiles_push(
     env_file: Annotated[str | None, typer.Option("--env-file", help="env.toml to push (default: discovered).")] = None,
 ) -> None:
-    """Save every profile of env.toml, fully resolved, as a Prefect block (plus [wandb], [artifacts])."""
+    """Save every profile of env.toml, fully resolved, as a Prefect block (plus the W&B and artifact settings)."""
     from blocks.profile_blocks import push_env_file
 
     env = _env_file_or_fail(env_file)
     names = push_env_file(env)
-    for profile, block in zip(env.profile_names, names, strict=True):
+    for profile, block in zip(env.runnable_profiles(), names, strict=True):
         print(f"{profile} -> nano3-execution-profile/{block}")
 
 

@@ -10,8 +10,14 @@ from dataclasses import dataclass, field
 
 from blocks.env_toml import EnvFile, discover_env_file
 from blocks.errors import ConfigError
-from blocks.profile_blocks import ResolvedProfile, resolve_artifacts, resolve_profile, resolve_wandb
-from blocks.profiles import LocalProfile, parse_profile
+from blocks.profile_blocks import (
+    ResolvedProfile,
+    check_reserved_sections,
+    resolve_artifacts,
+    resolve_profile,
+    resolve_wandb,
+)
+from blocks.profiles import LocalProfile
 from blocks.settings import ArtifactsConfig, WandbConfig
 from tasks.job_config import COMMAND_LINE, JobConfig, Override, _has_key, build_job_config, find_config_file, load_yaml, parse_overrides
 from tasks.stages import Stage
@@ -53,12 +59,13 @@ def resolve_context(options: RunOptions) -> RunContext:
     """Find env.toml, pick the profile (env.toml section, else block), parse the overrides."""
     overrides = tuple(parse_overrides(options.overrides))
     env: EnvFile | None = discover_env_file()
-    if options.run is None and options.batch is None:
-        # No -r/-b: this machine. An env.toml [local] section tunes it; nothing else is needed.
-        if env is not None and env.has_profile(LOCAL):
-            local = parse_profile(env.profile(LOCAL), file=str(env.path), section=LOCAL)
-            profile = ResolvedProfile(LOCAL, local, f"env.toml:{env.path}", frozenset(local.model_fields_set))
-        else:
+    if env is not None:
+        check_reserved_sections(env)
+    if options.profile_name == LOCAL and not (env is not None and env.has_profile(LOCAL)):
+        # This machine needs no profile; an env.toml [local] section (or a block) only tunes it.
+        try:
+            profile = resolve_profile(LOCAL, env)
+        except ConfigError:
             profile = ResolvedProfile(LOCAL, LocalProfile(), "built-in")
     else:
         profile = resolve_profile(options.profile_name, env)

@@ -1,8 +1,10 @@
 """A stage's job configuration: recipe YAML, command-line overrides and the execution profile.
 
-Merge order (the seeds' documented one): the recipe YAML's `run.env` gives defaults, the
-profile overrides them, `run.env.*` overrides on the command line override both. Everything
-else in the YAML goes to the recipe; `[wandb]` arrives as `run.wandb`.
+Merge order: the recipe YAML's `run.env` gives defaults, the profile overrides them, except for
+what the recipe needs to run at all (its image, nodes and processes: RECIPE_OWNED), where a value
+the YAML sets wins back, as the seeds' loader does; `run.env.*` overrides on the command line win
+over both. One cluster profile thus serves a CPU data-prep stage and an 8-GPU training stage.
+Everything else in the YAML goes to the recipe; `[wandb]` arrives as `run.wandb`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from blocks.settings import WandbConfig
 from tasks.stages import Stage
 
 COMMAND_LINE = "command line"
+#: run.env keys where the recipe's value beats the profile's (the profile still fills them in
+#: when the recipe is silent).
+RECIPE_OWNED = ("container_image", "container", "nodes", "gpus_per_node", "ntasks_per_node", "nproc_per_node", "nprocs_per_node")
 ENV_PREFIX = "run.env."
 
 
@@ -147,7 +152,11 @@ def effective_profile(
     secret_env = profile.secret_env()
     if secret_env:
         own["env_vars"] = {**own.get("env_vars", {}), **secret_env}
-    merged = _deep_merge(defaults, own)
+    owned = {k: v for k, v in defaults.items() if k in RECIPE_OWNED}
+    if "container" in owned:  # one spelling, so the recipe's image cannot lose to its own alias
+        owned["container_image"] = owned.pop("container")
+        own.pop("container", None)
+    merged = _deep_merge(_deep_merge(defaults, own), owned)
     with_yaml = parse_profile(merged, file=str(config_file), section=f"run.env + profile {profile_name}")
     if not env_overrides:
         return with_yaml

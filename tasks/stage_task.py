@@ -168,6 +168,9 @@ def run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig 
             store=store,
             detached=detached,
             on_line=ProgressReporter(prepared.stage_id),
+            extra_secret_env={"WANDB_API_KEY": wandb.api_key.get_secret_value()}
+            if wandb is not None and wandb.api_key is not None
+            else {},
         )
         status = "reattached" if outcome.reattached else "ran"
         if store.read_manifest(prepared.output_url) is None:

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 REMOTE_CODE_DIR = "/nemo_run/code"
 #: Process env vars that hold secrets a config could interpolate; never printed.
 SECRET_ENV_NAMES = ("WANDB_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "LEPTON_WORKSPACE_TOKEN")
-#: The resolved config travels with the code, at this path relative to the code root.
-CONFIG_RELDIR = ".nano3/configs"
+#: Shorter secret values are not searched for in plans: every match would be noise ("1" in "10").
+#: Secrets are redacted before NeMo-Run sees them; this pass only guards against leaks.
+MIN_SECRET_LENGTH = 4
 
 
 def code_dir(job: JobConfig) -> str:
@@ -39,7 +40,9 @@ def code_dir(job: JobConfig) -> str:
 
 
 def config_path_in_job(job: JobConfig) -> str:
-    return f"{code_dir(job)}/{CONFIG_RELDIR}/{job.stage.slug}.yaml"
+    """Where the resolved config will be: beside the stage's checkpoints, in the store's work
+    folder, whose name (the cache key) is known once the inputs are."""
+    return f"<store>/_work/{job.stage.slug}/<cache-key>/config.yaml"
 
 
 def recipe_task(job: JobConfig, config_path: str | None = None) -> run.Script:
@@ -83,7 +86,7 @@ def _scratch_nemorun_home() -> Iterator[str]:
 
 
 def _submission_text(request: Any) -> str:
-    """The request's own rendering where NeMo-Run has one (sbatch, DGX entrypoint), else its command."""
+    """The request's own rendering where NeMo-Run has one (the sbatch script), else its command."""
     if hasattr(request, "materialize"):
         return request.materialize()
     if hasattr(request, "role_params"):  # local: one Popen per replica
@@ -97,8 +100,8 @@ def _submission_text(request: Any) -> str:
         return "\n".join(
             f"docker run {c.executor.container_image} {shlex.join(c.command)}" for c in request.containers
         )
-    if hasattr(request, "cmd"):  # lepton
-        return shlex.join(request.cmd)
+    if hasattr(request, "cmd"):  # lepton: its own shell expands $NODE_RANK and friends; do not quote
+        return " ".join(request.cmd)
     return repr(request)
 
 
@@ -106,7 +109,9 @@ def plan_submission(job: JobConfig, *, detached: bool) -> SubmissionPlan:
     """Dry-run the stage's job through NeMo-Run and capture what it would send."""
     import nemo_run as run
 
-    target = ExecutionTarget(job.profile, detached=detached, launcher=launcher_for(job), reveal_secrets=False)
+    target = ExecutionTarget(
+        job.profile, detached=detached, launcher=launcher_for(job), reveal_secrets=False, profile_name=job.profile_name
+    )
     executor = build_executor(target)
     view = describe(executor)
     # Packaging is not part of the submission text, and NeMo-Run's dry-run would really do it
@@ -120,8 +125,7 @@ def plan_submission(job: JobConfig, *, detached: bool) -> SubmissionPlan:
             exp.dryrun(log=False, delete_exp_dir=True)
             text = _submission_text(exp.jobs[0]._dryrun_info.request)  # NeMo-Run keeps it private
             text = text.replace(exp._id, "<experiment-id>").replace(home, "$NEMORUN_HOME")
-    for secret in job.profile.secrets():
-        text = text.replace(secret, REDACTED)
+    text = redact(text, job.profile.secrets())
     return SubmissionPlan(job=job, detached=detached, submission=text, executor=view)
 
 
@@ -147,7 +151,11 @@ def render_plan(plan: SubmissionPlan) -> str:
     ]
     text = "\n".join(parts) + "\n"
     # The recipe config may pull secrets from the environment (${oc.env:...}); the profile holds others.
-    secrets = plan.job.profile.secrets() + [os.environ.get(n, "") for n in SECRET_ENV_NAMES]
-    for secret in filter(None, secrets):
-        text = text.replace(secret, REDACTED)
+    return redact(text, plan.job.profile.secrets() + [os.environ.get(n, "") for n in SECRET_ENV_NAMES])
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= MIN_SECRET_LENGTH:
+            text = text.replace(secret, REDACTED)
     return text

@@ -10,15 +10,18 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shlex
 import sys
+import tempfile
+import uuid
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blocks.executors import ExecutionTarget, build_executor
-from blocks.profiles import LocalProfile
+from blocks.executors import ExecutionTarget, build_executor, slurm_secrets_path
+from blocks.profiles import LeptonProfile, LocalProfile, SlurmProfile
 from tasks.artifacts import ArtifactStore, SubmissionRecord, _now
 from tasks.job_config import JobConfig
 from tasks.submission import launcher_for, recipe_task
@@ -112,6 +115,63 @@ def _this_interpreter_first_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([bin_dir, path])
 
 
+def _prepare_connection(executor: Any, target: ExecutionTarget) -> None:
+    """What a submission needs before NeMo-Run talks to the cluster: credentials and secrets.
+
+    - SSH with a passphrase-protected key: open the session ourselves, so NeMo-Run finds it
+      connected and never prompts.
+    - Lepton: the workspace credentials of the profile, for the Lepton client of this process.
+    - Slurm: secret env vars go to a 0600 file in the job folder that the sbatch script sources
+      and deletes; the script itself never holds them.
+    """
+    profile = target.profile
+    if isinstance(profile, SlurmProfile):
+        tunnel = executor.tunnel
+        if profile.tunnel == "ssh" and profile.identity_passphrase is not None:
+            from fabric import Connection
+
+            tunnel.session = Connection(
+                profile.host,
+                user=profile.user,
+                port=profile.port,
+                connect_kwargs={
+                    "key_filename": [tunnel.identity] if tunnel.identity else [],
+                    "passphrase": profile.identity_passphrase.get_secret_value(),
+                },
+            )
+            tunnel.session.open()
+        secrets = target.secret_env()
+        if secrets:
+            _ship_secrets(tunnel, slurm_secrets_path(tunnel.job_dir, target), secrets)
+    if isinstance(profile, LeptonProfile):
+        for name, value in (
+            ("LEPTON_WORKSPACE_ID", profile.workspace_id),
+            ("LEPTON_WORKSPACE_URL", profile.workspace_url),
+            ("LEPTON_WORKSPACE_TOKEN", profile.token.get_secret_value() if profile.token else None),
+        ):
+            if value:
+                os.environ[name] = value
+
+
+def _ship_secrets(tunnel: Any, path: str, secrets: dict[str, str]) -> None:
+    text = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in sorted(secrets.items()))
+    with tempfile.NamedTemporaryFile("w", delete=False, prefix="nano3-secrets-") as handle:
+        os.chmod(handle.name, 0o600)
+        handle.write(text)
+    try:
+        if type(tunnel).__name__ == "SSHTunnel":
+            tunnel.run(f"mkdir -p {shlex.quote(os.path.dirname(path))} && chmod 700 {shlex.quote(os.path.dirname(path))}")
+            tunnel.put(handle.name, path)
+            tunnel.run(f"chmod 600 {shlex.quote(path)}")
+        else:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            os.replace(handle.name, path)
+            os.chmod(path, 0o600)
+    finally:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+
+
 def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool) -> JobOutcome:
     state, job_id, local_dir = _state(exp)
     tail = LogTail(local_dir, on_line)
@@ -133,6 +193,7 @@ def submit_and_wait(
     store: ArtifactStore,
     detached: bool,
     on_line: Callable[[str], None],
+    extra_secret_env: dict[str, str] | None = None,
 ) -> JobOutcome:
     """Re-attach to the job computing `cache_key` if one is running, else submit one; then wait.
 
@@ -146,12 +207,22 @@ def submit_and_wait(
     if exp is not None:
         return _wait(exp, on_line, reattached=True)
 
+    extra_secret_env = extra_secret_env or {}
     if isinstance(job.profile, LocalProfile):
         _this_interpreter_first_on_path()
     config_file = Path(work_dir) / "config.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(resolved_config)
-    executor = build_executor(ExecutionTarget(job.profile, detached=detached, launcher=launcher_for(job)))
+    target = ExecutionTarget(
+        job.profile,
+        detached=detached,
+        launcher=launcher_for(job),
+        secrets_file=f".nano3-secrets/{uuid.uuid4().hex}.env",
+        extra_secret_env=tuple(sorted(extra_secret_env.items())),
+        profile_name=job.profile_name,
+    )
+    executor = build_executor(target)
+    _prepare_connection(executor, target)
     # NeMo-Run prints banners and hints to stdout; the job's own log lines go through on_line.
     with contextlib.redirect_stdout(io.StringIO()):
         with run.Experiment(f"nano3-{job.stage.slug}", executor=executor, log_level="WARN") as exp:

@@ -152,7 +152,8 @@ def test_slurm_secrets_are_sourced_not_written(isolated: Path) -> None:
     text = plan_text(isolated, "pretrain", run="cluster-gpu")
     assert "export NCCL_DEBUG=WARN" in text
     assert "export HF_TOKEN" not in text
-    assert "set +vx; set -a; . /shared/jobs/.nano3-secrets.env; set +a  # loads: HF_TOKEN" in text
+    assert "set +vx; set -a; . '/shared/jobs/.nano3-secrets/<submission>.env'; set +a; rm -f " in text
+    assert "# loads: HF_TOKEN" in text
 
 
 def test_default_config_resources_reach_the_executor(isolated: Path) -> None:
@@ -163,6 +164,9 @@ def test_default_config_resources_reach_the_executor(isolated: Path) -> None:
     # ...and the profile wins where it speaks; an override wins over both.
     text = plan_text(isolated, "pretrain", run="cluster-gpu", config="default", overrides=("run.env.nodes=3",))
     assert "#SBATCH --nodes=3" in text
+    # A single-process stage on the same GPU profile runs once per node, not once per GPU.
+    text = plan_text(isolated, "convert", run="cluster-gpu", config="default")
+    assert "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --nodes=1" in text
 
 
 @pytest.mark.parametrize("profile", ["docker", "dgxcloud", "lepton"])

@@ -136,3 +136,24 @@ account = "mine"
 def test_a_broken_profile_does_not_block_the_others(isolated: Path) -> None:
     env = load_env_file(write_env(isolated, "[ok]\nexecutor='local'\n[bad]\nextends='nowhere'\n"))
     assert env.profile("ok") == {"executor": "local"}
+
+
+def test_a_section_only_extended_and_without_executor_is_a_base(isolated: Path) -> None:
+    env = load_env_file(
+        write_env(
+            isolated,
+            """
+[common]
+time = "01:00:00"
+env_vars = { A = "1" }
+[cluster]
+extends = "common"
+executor = "slurm"
+account = "a"
+[lonely]
+time = "01:00:00"
+""",
+        )
+    )
+    assert env.is_base("common") and not env.is_base("cluster") and not env.is_base("lonely")
+    assert env.runnable_profiles() == ["cluster", "lonely"]

@@ -13,13 +13,13 @@ def profile(**data: object):
     return parse_profile(dict(data), file="env.toml", section="p")
 
 
-def test_local_uses_torchrun_only_for_several_processes() -> None:
-    one = build_executor(ExecutionTarget(profile(executor="local")))
-    assert one.launcher is None and one.ntasks_per_node == 1
-    many = build_executor(ExecutionTarget(profile(executor="local", nproc_per_node=4)))
-    assert many.launcher == "torchrun" and many.ntasks_per_node == 4
-    # A stage that asks for torchrun gets it with one process too.
-    assert build_executor(ExecutionTarget(profile(executor="local"), launcher="torchrun")).launcher == "torchrun"
+def test_local_torchrun_only_for_torchrun_stages() -> None:
+    four = profile(executor="local", nproc_per_node=4)
+    trainer = build_executor(ExecutionTarget(four, launcher="torchrun"))
+    assert trainer.launcher == "torchrun" and trainer.ntasks_per_node == 4
+    # Data prep, convert, eval: one process, whatever nproc_per_node says.
+    single = build_executor(ExecutionTarget(four))
+    assert single.launcher is None and single.ntasks_per_node == 1
 
 
 def test_local_env_vars_include_secrets_when_running_and_redacted_when_planning() -> None:
@@ -28,11 +28,21 @@ def test_local_env_vars_include_secrets_when_running_and_redacted_when_planning(
     assert build_executor(ExecutionTarget(p, reveal_secrets=False)).env_vars == {"A": "1", "HF_TOKEN": "********"}
 
 
-def test_slurm_ntasks_defaults_to_gpus() -> None:
-    ex = build_executor(ExecutionTarget(profile(executor="slurm", account="a", gpus_per_node=4)))
-    assert ex.ntasks_per_node == 4 and ex.gpus_per_node == 4
+def test_slurm_tasks_follow_the_stage_launcher() -> None:
+    gpus = profile(executor="slurm", account="a", gpus_per_node=4)
+    trainer = build_executor(ExecutionTarget(gpus, launcher="torchrun"))
+    assert trainer.ntasks_per_node == 4 and trainer.gpus_per_node == 4  # torchrun --nproc-per-node 4
+    single = build_executor(ExecutionTarget(gpus))
+    assert single.ntasks_per_node == 1, "a single-process stage must not start once per GPU"
     cpu = build_executor(ExecutionTarget(profile(executor="slurm", account="a", gpus_per_node=0)))
     assert cpu.ntasks_per_node == 1 and cpu.gpus_per_node is None
+
+
+def test_startup_commands_where_the_executor_can_run_them() -> None:
+    slurm = build_executor(ExecutionTarget(profile(executor="slurm", account="a", startup_commands=["module load x"])))
+    assert "module load x" in slurm.setup_lines
+    with pytest.raises(ConfigError, match="startup_commands is not supported by executor 'local'"):
+        build_executor(ExecutionTarget(profile(executor="local", startup_commands=["echo hi"]), profile_name="p"))
 
 
 def test_ssh_tunnel_fields() -> None:
@@ -79,8 +89,9 @@ def test_packagers(fields: dict, expected: str) -> None:
 
 
 def test_pattern_packager_needs_a_pattern() -> None:
-    with pytest.raises(ConfigError, match="include_pattern"):
-        build_packager(profile(executor="slurm", account="a", packager="pattern"))
+    with pytest.raises(ConfigError) as info:
+        profile(executor="slurm", account="a", packager="pattern")
+    assert (info.value.file, info.value.section, info.value.key) == ("env.toml", "p", "include_pattern")
 
 
 @pytest.mark.parametrize(("executor", "module"), [("skypilot", "sky"), ("kuberay", "kubernetes")])
@@ -90,6 +101,7 @@ def test_missing_sdk_is_a_clear_error(executor: str, module: str) -> None:
     if importlib.util.find_spec(module) is not None:
         pytest.skip(f"{module} is installed here")
     with pytest.raises(ConfigError) as info:
-        build_executor(ExecutionTarget(profile(executor=executor)))
+        build_executor(ExecutionTarget(profile(executor=executor), profile_name="p"))
     assert f"executor '{executor}' needs the '{module}' package" in str(info.value)
+    assert info.value.section == "p"
     assert info.value.hint and info.value.hint.startswith("pip install")

@@ -35,11 +35,18 @@ def test_recipe_run_env_fills_what_the_profile_leaves_open() -> None:
     assert j.profile.container_image == "nvcr.io/nvidia/nemo:25.11.nemotron_3_nano"
 
 
-def test_profile_wins_over_recipe_and_overrides_win_over_both() -> None:
-    j = job({"executor": "slurm", "account": "a", "nodes": 1, "container_image": "mine.sqsh"})
-    assert (j.profile.nodes, j.profile.container_image) == (1, "mine.sqsh")
-    j = job({"executor": "slurm", "account": "a", "nodes": 1}, "run.env.nodes=6", "run.env.env_vars.X=1")
-    assert j.profile.nodes == 6 and j.profile.env_vars == {"X": "1"}
+def test_profile_wins_except_where_the_recipe_owns_the_key() -> None:
+    j = job({"executor": "slurm", "account": "a", "nodes": 1, "time": "00:30:00", "container_image": "mine.sqsh"})
+    # The recipe needs 2 nodes and its image; the profile's time limit stands.
+    assert (j.profile.nodes, j.profile.container_image, j.profile.time) == (2, "nvcr.io/nvidia/nemo:25.11.nemotron_3_nano", "00:30:00")
+    # Where the recipe says nothing (tiny sets no image or GPUs), the profile fills in.
+    tiny = job({"executor": "slurm", "account": "a", "gpus_per_node": 8, "container_image": "mine.sqsh"}, config="tiny")
+    assert (tiny.profile.gpus_per_node, tiny.profile.container_image, tiny.profile.nodes) == (8, "mine.sqsh", 1)
+
+
+def test_overrides_win_over_everything() -> None:
+    j = job({"executor": "slurm", "account": "a", "nodes": 1}, "run.env.nodes=6", "run.env.env_vars.X=1", "run.env.mem=0")
+    assert j.profile.nodes == 6 and j.profile.env_vars == {"X": "1"} and j.profile.mem == "0"
 
 
 def test_recipe_keys_the_executor_lacks_are_skipped() -> None:

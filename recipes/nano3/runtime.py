@@ -85,19 +85,12 @@ def start(argv: list[str] | None = None) -> RecipeContext:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed what the recipe has imported; importing torch only to seed it costs seconds."""
     random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        torch.manual_seed(seed)
-    except ImportError:
-        pass
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
 
 
 def progress(step: int, total: int, **metrics: float | int | str) -> None:

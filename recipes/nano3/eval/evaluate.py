@@ -79,7 +79,6 @@ def metric_values(task_results: dict[str, Any]) -> dict[str, float]:
 
 def evaluate(model_dir: Path, tasks: list[str], task_manager: Any, ctx: runtime.RecipeContext) -> dict[str, Any]:
     import lm_eval
-    import torch
 
     from recipes.nano3 import hf_model
 
@@ -106,7 +105,6 @@ def evaluate(model_dir: Path, tasks: list[str], task_manager: Any, ctx: runtime.
         numpy_random_seed=ctx.seed,
         torch_random_seed=ctx.seed,
     )
-    del torch
     return {task: metric_values(values) for task, values in output["results"].items()}
 
 

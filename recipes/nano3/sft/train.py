@@ -33,6 +33,8 @@ def check_inputs(ctx: runtime.RecipeContext) -> None:
         raise SystemExit(f"error: this script is the hf backend; run.backend is {backend!r}")
     for name, (files, kind) in REQUIRED.items():
         folder = ctx.input_path(name)
+        if not folder.is_dir():
+            raise SystemExit(f"error: input '{name}' at {folder} does not exist")
         missing = [file for file in files if not (folder / file).is_file()]
         if missing:
             raise SystemExit(f"error: input '{name}' at {folder} has no {missing[0]}: expected a {kind} artifact")
