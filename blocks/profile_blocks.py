@@ -6,7 +6,9 @@ resolved and typed, in the Prefect server's block store, secrets encrypted there
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from prefect.blocks.core import Block
@@ -53,6 +55,15 @@ WANDB_BLOCK = "default"
 ARTIFACTS_BLOCK = "default"
 
 
+@contextlib.contextmanager
+def prefect_api() -> Iterator[None]:
+    """Prefect's "cannot reach / cannot start the API" RuntimeError as one readable error."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot reach the Prefect API: {exc}", hint="check PREFECT_API_URL, or retry") from None
+
+
 def block_name(profile_name: str) -> str:
     """Prefect block names are lowercase letters, digits and dashes."""
     slug = re.sub(r"[^a-z0-9-]+", "-", profile_name.lower()).strip("-")
@@ -86,6 +97,12 @@ def push_env_file(env: EnvFile) -> list[str]:
     artifacts = (
         parse_section("artifacts", env.section("artifacts"), file=str(env.path)) if "artifacts" in env.reserved else None
     )
+    with prefect_api():
+        _save_blocks(env, profiles, names, wandb, artifacts)
+    return [names[n] for n in profiles]
+
+
+def _save_blocks(env: EnvFile, profiles: dict, names: dict, wandb: object, artifacts: object) -> None:
     for name, profile in profiles.items():
         ExecutionProfileBlock(
             profile_name=name,
@@ -97,7 +114,6 @@ def push_env_file(env: EnvFile) -> list[str]:
         WandbSettings(settings=wandb).save(WANDB_BLOCK, overwrite=True)
     if artifacts is not None:
         ArtifactStoreSettings(settings=artifacts).save(ARTIFACTS_BLOCK, overwrite=True)
-    return [names[n] for n in profiles]
 
 
 def check_reserved_sections(env: EnvFile) -> None:
@@ -109,9 +125,9 @@ def check_reserved_sections(env: EnvFile) -> None:
 def list_profile_blocks() -> list[ExecutionProfileBlock]:
     from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as client:
+    with prefect_api(), get_client(sync_client=True) as client:
         docs = client.read_block_documents_by_type(ExecutionProfileBlock.get_block_type_slug(), include_secrets=False)
-    return [ExecutionProfileBlock.load(doc.name) for doc in sorted(docs, key=lambda d: d.name or "")]
+        return [ExecutionProfileBlock.load(doc.name) for doc in sorted(docs, key=lambda d: d.name or "")]
 
 
 def block_store_configured() -> bool:

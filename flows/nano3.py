@@ -60,7 +60,8 @@ def run_pipeline(options: "RunOptions", stages: list[Stage]) -> None:  # noqa: F
         stages=[s.id for s in stages],
         overrides=list(options.overrides),
     )
-    Console().print(summary_table(results))
+    # Wide enough for full stage and artifact names when the output is a file or a pipe.
+    Console(width=None if sys.stdout.isatty() else 160).print(summary_table(results))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})

@@ -9,8 +9,8 @@ from tasks.stage_task import StageResult
 #: The headline metric(s) of each stage, in the order shown.
 KEY_METRICS = {
     "data_prep/pretrain": ("num_tokens_train", "vocab_size"),
-    "data_prep/sft": ("num_train", "num_valid"),
-    "data_prep/rl": ("num_train", "num_valid"),
+    "data_prep/sft": ("train_examples", "valid_examples"),
+    "data_prep/rl": ("train_prompts", "valid_prompts"),
     "pretrain": ("valid_loss", "valid_perplexity"),
     "sft": ("exact_match_before", "exact_match_after"),
     "rl": ("exact_match_before", "exact_match_after"),

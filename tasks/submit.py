@@ -22,6 +22,7 @@ from typing import Any
 
 from blocks.executors import ExecutionTarget, build_executor, slurm_secrets_path
 from blocks.profiles import LeptonProfile, LocalProfile, SlurmProfile
+from recipes.nano3.runtime import ORCHESTRATOR_PID_VAR
 from tasks.artifacts import ArtifactStore, SubmissionRecord, _now
 from tasks.job_config import JobConfig
 from tasks.submission import launcher_for, recipe_task
@@ -106,13 +107,18 @@ def _reattach(record: SubmissionRecord, job: JobConfig) -> Any | None:
     return exp if state in ACTIVE else None
 
 
-def _this_interpreter_first_on_path() -> None:
-    """Local jobs run `python` and `torchrun` from PATH: make them this environment's, which has
-    the recipes' libraries, even when the user did not activate it."""
+def _prepare_local_environment() -> None:
+    """Local jobs inherit this process's environment.
+
+    - They run `python` and `torchrun` from PATH: make those this environment's, which has the
+      recipes' libraries, even when the user did not activate it.
+    - They watch this process (recipes.nano3.runtime.watch_orchestrator) and stop when it dies.
+    """
     bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "")
     if path.split(os.pathsep)[0] != bin_dir:
         os.environ["PATH"] = os.pathsep.join([bin_dir, path])
+    os.environ[ORCHESTRATOR_PID_VAR] = str(os.getpid())
 
 
 def _prepare_connection(executor: Any, target: ExecutionTarget) -> None:
@@ -209,7 +215,7 @@ def submit_and_wait(
 
     extra_secret_env = extra_secret_env or {}
     if isinstance(job.profile, LocalProfile):
-        _this_interpreter_first_on_path()
+        _prepare_local_environment()
     config_file = Path(work_dir) / "config.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(resolved_config)

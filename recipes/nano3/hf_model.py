@@ -111,7 +111,7 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folde
     """
     model.generation_config.eos_token_id = sorted(stop_token_ids(tokenizer))
     model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder, save_jinja_files=False)  # the chat template in tokenizer_config.json
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -210,6 +210,7 @@ def _restore_rng_states(states: Mapping[str, Any]) -> None:
 class TrainingResult:
     #: Mean training loss over the last few steps; None when a resumed job had nothing left to do.
     loss: float | None
+    #: Tokens (padding excluded) per second of optimizer steps, evaluations and checkpoints left out.
     tokens_per_s: float | None
     #: What `evaluate` returned after the last step.
     evaluation: float
@@ -227,27 +228,28 @@ def run_training(
     `eval_interval`, a checkpoint every `save_interval`, all three after the last step."""
     total, clip_grad = int(train["train_iters"]), float(train.get("clip_grad", 1.0))
     every = {key: int(train.get(key, total)) for key in ("log_interval", "eval_interval", "save_interval")}
-    started, tokens, recent, evaluation = time.perf_counter(), 0, [], None
+    seconds, tokens, recent, evaluation = 0.0, 0, [], None
     state.model.train()
     while state.step < total:
+        started = time.perf_counter()
         batch = {key: value.to(placement.device) for key, value in next_batch().items()}
         recent = [*recent[-9:], train_step(state, batch, placement, clip_grad)]
+        seconds += time.perf_counter() - started
         tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         state.step += 1
         due = {key for key, interval in every.items() if state.step % interval == 0 or state.step == total}
         if "log_interval" in due:
             runtime.progress(
                 state.step, total, loss=round(sum(recent) / len(recent), 4),
-                lr=state.scheduler.get_last_lr()[0], tokens_per_s=round(tokens / (time.perf_counter() - started)),
+                lr=state.scheduler.get_last_lr()[0], tokens_per_s=round(tokens / seconds),
             )
         if "eval_interval" in due:
             evaluation = evaluate()
         if "save_interval" in due:
             save_checkpoint(work_dir, state)
-    elapsed = time.perf_counter() - started
     return TrainingResult(
         loss=sum(recent) / len(recent) if recent else None,
-        tokens_per_s=tokens / elapsed if tokens else None,
+        tokens_per_s=tokens / seconds if tokens else None,
         evaluation=evaluate() if evaluation is None else evaluation,
     )
 
@@ -334,7 +336,7 @@ def _greedy_continue(
     ids, stop = prompt_ids, torch.tensor(sorted(stops), device=prompt_ids.device)
     finished = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):
-        next_ids = model(input_ids=ids).logits[:, -1].argmax(dim=-1)
+        next_ids = model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[:, -1].argmax(dim=-1)
         ids = torch.cat([ids, next_ids[:, None]], dim=1)
         finished |= torch.isin(next_ids, stop)
         if finished.all():

@@ -24,6 +24,7 @@ import os
 import random
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from recipes.nano3.manifest import MANIFEST_NAME, FileEntry, InputRef, Manifest
 
 PROGRESS_PREFIX = "NANO3_PROGRESS "
 CHECKPOINT_DONE = "COMPLETE"
+#: Set by the orchestrator for jobs on this machine: the job ends when that process is gone.
+ORCHESTRATOR_PID_VAR = "NANO3_ORCHESTRATOR_PID"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ def start(argv: list[str] | None = None) -> RecipeContext:
     }
     seed = int(run.get("seed", cfg.get("seed", 1234)))
     seed_everything(seed)
+    watch_orchestrator()
     output_dir, work_dir = Path(run.output_dir), Path(run.work_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +86,30 @@ def start(argv: list[str] | None = None) -> RecipeContext:
         inputs=inputs,
         seed=seed,
     )
+
+
+def watch_orchestrator(interval: float = 1.0) -> None:
+    """A local job must not outlive the orchestrator that started it.
+
+    If the orchestrator is killed, its rerun submits the stage again and resumes from the last
+    checkpoint; an orphan still writing to the same work folder would race that new job.
+    """
+    pid = os.environ.get(ORCHESTRATOR_PID_VAR)
+    if not pid:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                print(f"orchestrator {pid} is gone; stopping (the rerun resumes from the last checkpoint)", flush=True)
+                os._exit(143)
+            except PermissionError:
+                continue
+
+    threading.Thread(target=watch, name="nano3-orchestrator-watch", daemon=True).start()
 
 
 def seed_everything(seed: int) -> None:

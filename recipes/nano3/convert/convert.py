@@ -38,6 +38,8 @@ def check_inputs(ctx: runtime.RecipeContext) -> None:
     if str(ctx.config.dtype) not in DTYPES:
         raise SystemExit(f"error: dtype {ctx.config.dtype!r} is not one of {list(DTYPES)}")
     folder = ctx.input_path("model")
+    if not folder.is_dir():
+        raise SystemExit(f"error: input 'model' at {folder} does not exist")
     missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
     if missing:
         raise SystemExit(f"error: input 'model' at {folder} has no {missing[0]}: expected a checkpoint_hf artifact")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +40,16 @@ def models_to_evaluate(ctx: runtime.RecipeContext) -> list[str]:
     names = ["model", "baseline"] if ctx.config.get("compare_baseline", True) else ["model"]
     for name in names:
         folder = ctx.input_path(name)
+        if not folder.is_dir():
+            raise SystemExit(f"error: input '{name}' at {folder} does not exist")
         missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
         if missing:
             raise SystemExit(f"error: input '{name}' at {folder} has no {missing[0]}: expected a checkpoint_hf artifact")
     return names
 
 
-def resolve_local_tasks(ctx: runtime.RecipeContext, names: list[str], dest: Path) -> list[str]:
-    """Write the shipped YAMLs of the requested tasks into `dest` with input folders filled in.
+def resolve_local_tasks(names: list[str], folders: Mapping[str, Path], dest: Path) -> list[str]:
+    """Write the shipped YAMLs of the requested tasks into `dest`, `${input}` replaced by that input's folder.
 
     Returns the names that are local; the others are left for lm-eval's own task index.
     """
@@ -56,9 +59,10 @@ def resolve_local_tasks(ctx: runtime.RecipeContext, names: list[str], dest: Path
     local = [name for name in names if (TASKS_DIR / f"{name}.yaml").is_file()]
     for name in local:
         template = string.Template((TASKS_DIR / f"{name}.yaml").read_text())
-        wanted = template.get_identifiers()
-        folders = {input_name: str(ctx.input_path(input_name)) for input_name in wanted}
-        text = template.substitute(folders)
+        unknown = sorted(set(template.get_identifiers()) - set(folders))
+        if unknown:
+            raise SystemExit(f"error: task {name} reads input '{unknown[0]}', which this run does not have")
+        text = template.substitute({key: str(folder) for key, folder in folders.items()})
         for split, path in yaml.safe_load(text).get("dataset_kwargs", {}).get("data_files", {}).items():
             if not Path(path).is_file():
                 raise SystemExit(f"error: task {name}: its {split} data {path} does not exist")
@@ -128,13 +132,14 @@ def headline_metrics(results: dict[str, dict[str, dict[str, float]] | None]) -> 
 def main() -> None:
     ctx = runtime.start()
     names = models_to_evaluate(ctx)
+    tasks = [str(task) for task in ctx.config.tasks]
+    folders = {name: ctx.input_path(name) for name in ctx.inputs}
+    local = resolve_local_tasks(tasks, folders, ctx.work_dir / "tasks")
     if ctx.config.get("offline", True):
         os.environ.update(OFFLINE_ENV)
 
     from lm_eval.tasks import TaskManager
 
-    tasks = [str(task) for task in ctx.config.tasks]
-    local = resolve_local_tasks(ctx, tasks, ctx.work_dir / "tasks")
     task_manager = TaskManager(include_path=str(ctx.work_dir / "tasks"), include_defaults=len(local) < len(tasks))
 
     results: dict[str, dict[str, dict[str, float]] | None] = {"model": None, "baseline": None}

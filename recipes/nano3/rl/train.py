@@ -34,6 +34,8 @@ def check_inputs(ctx: runtime.RecipeContext) -> None:
         raise SystemExit(f"error: this script is the hf backend; run.backend is {backend!r}")
     for name, files, kind in (("model", MODEL_FILES, "checkpoint_hf"), ("data", DATA_FILES, "training_jsonl")):
         folder = ctx.input_path(name)
+        if not folder.is_dir():
+            raise SystemExit(f"error: input '{name}' at {folder} does not exist")
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
             raise SystemExit(f"error: input '{name}' at {folder} has no {missing[0]}: expected a {kind} artifact")
@@ -102,7 +104,9 @@ def make_callback(checkpoints: Path) -> Any:
             return tokens / (self.last_logs["time"] - self.first_tokens[0])
 
         def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-            runtime.mark_checkpoint_complete(checkpoints / f"checkpoint-{state.global_step}")
+            path = checkpoints / f"checkpoint-{state.global_step}"
+            runtime.mark_checkpoint_complete(path)
+            print(f"checkpoint saved: step {state.global_step} ({path})", flush=True)
 
     return Nano3Callback()
 
@@ -144,6 +148,8 @@ def main() -> None:
     from recipes.nano3 import hf_model
 
     train, evaluation = ctx.config.train, ctx.config.get("eval", {})
+    train_rows = read_problems(ctx.input_path("data") / "train.jsonl")
+    valid_rows = read_problems(ctx.input_path("data") / "valid.jsonl")[: int(evaluation.get("limit", 200))]
     placement = hf_model.choose_placement(str(train.get("precision", "fp32")))
     model, tokenizer = hf_model.load_model(
         ctx.input_path("model"), placement, chunk_size=int(train.get("mamba_chunk_size", 16))
@@ -151,8 +157,6 @@ def main() -> None:
     # TRL stops sampling at the generation config's eos ids: the end of the assistant turn is one.
     model.generation_config.eos_token_id = sorted(hf_model.stop_token_ids(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    train_rows = read_problems(ctx.input_path("data") / "train.jsonl")
-    valid_rows = read_problems(ctx.input_path("data") / "valid.jsonl")[: int(evaluation.get("limit", 200))]
 
     def held_out_exact_match() -> float:
         return hf_model.exact_match(
