@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from blocks.env_toml import EnvFile, discover_env_file
-from blocks.errors import ConfigError
+from blocks.errors import ConfigError, did_you_mean
 from blocks.profile_blocks import (
     ResolvedProfile,
     check_reserved_sections,
@@ -83,7 +83,18 @@ def stage_jobs(context: RunContext, stages: Sequence[Stage]) -> list[JobConfig]:
     a key that no selected stage has is an error (a typo must not vanish silently)."""
     recipe_keys = [o for o in context.overrides if not o.key.startswith("run.env.")]
     loaded = {stage.id: load_yaml(find_config_file(stage, context.options.config)) for stage in stages}
+    by_id = {stage.id: stage for stage in stages}
+    for override in context.overrides:
+        if override.stage is not None and override.stage not in by_id:
+            raise ConfigError(
+                f"override for stage '{override.stage}', which this run does not include",
+                file=COMMAND_LINE,
+                key=f"{override.stage}:{override.key}",
+                hint=did_you_mean(override.stage, by_id) or f"stages: {', '.join(by_id)}",
+            )
     for override in recipe_keys:
+        if override.stage is not None:
+            continue  # build_job_config checks it against that stage's YAML
         if not any(_has_key(cfg, override.key) for cfg in loaded.values()):
             # Let the first stage produce the precise error (file, key, closest match).
             build_job_config(
@@ -97,7 +108,12 @@ def stage_jobs(context: RunContext, stages: Sequence[Stage]) -> list[JobConfig]:
             )
     jobs = []
     for stage in stages:
-        mine = [o for o in context.overrides if o.key.startswith("run.env.") or _has_key(loaded[stage.id], o.key)]
+        mine = [
+            o
+            for o in context.overrides
+            if o.stage == stage.id
+            or (o.stage is None and (o.key.startswith("run.env.") or _has_key(loaded[stage.id], o.key)))
+        ]
         jobs.append(
             build_job_config(
                 stage,

@@ -12,10 +12,10 @@ KEY_METRICS = {
     "data_prep/sft": ("train_examples", "valid_examples"),
     "data_prep/rl": ("train_prompts", "valid_prompts"),
     "pretrain": ("valid_loss", "valid_perplexity"),
-    "sft": ("exact_match_before", "exact_match_after"),
-    "rl": ("exact_match_before", "exact_match_after"),
+    "sft": ("exact_match_start", "exact_match"),
+    "rl": ("exact_match_start", "exact_match"),
     "convert": ("max_abs_logit_diff",),
-    "eval": ("model_exact_match", "baseline_exact_match"),
+    "eval": ("exact_match", "baseline_exact_match", "bits_per_byte"),
 }
 
 

@@ -33,6 +33,8 @@ ENV_PREFIX = "run.env."
 class Override:
     key: str
     value: str
+    #: `sft:train.lr=1e-4` applies to one stage only; None applies wherever the key exists.
+    stage: str | None = None
 
     @property
     def token(self) -> str:
@@ -40,15 +42,18 @@ class Override:
 
 
 def parse_overrides(tokens: Sequence[str]) -> list[Override]:
-    """`key.path=value` tokens; anything else is a clear error, not a silent pass-through."""
+    """`key.path=value` or `stage:key.path=value` tokens; anything else is a clear error."""
     parsed = []
     for token in tokens:
         key, sep, value = token.partition("=")
         if not sep or not key or key.startswith("-"):
             raise ConfigError(
-                f"override {token!r} is not of the form key.path=value", file=COMMAND_LINE, hint="e.g. train.train_iters=50"
+                f"override {token!r} is not of the form [stage:]key.path=value",
+                file=COMMAND_LINE,
+                hint="e.g. train.train_iters=50 or sft:train.train_iters=50",
             )
-        parsed.append(Override(key.strip(), value))
+        stage, colon, key = key.rpartition(":")
+        parsed.append(Override(key.strip(), value, stage.strip() if colon else None))
     return parsed
 
 

@@ -229,7 +229,9 @@ def submit_and_wait(
     )
     executor = build_executor(target)
     _prepare_connection(executor, target)
-    # NeMo-Run prints banners and hints to stdout; the job's own log lines go through on_line.
+    # NeMo-Run prints banners and hints to stdout; the job's own log lines go through on_line,
+    # whose logger prints to the real stdout while we wait.
+    real_stdout = sys.stdout
     with contextlib.redirect_stdout(io.StringIO()):
         with run.Experiment(f"nano3-{job.stage.slug}", executor=executor, log_level="WARN") as exp:
             exp.add(recipe_task(job, str(config_file)), name=job.stage.slug)
@@ -249,4 +251,5 @@ def submit_and_wait(
             if detached:
                 return JobOutcome(state, exp._id, job_id, False, [])
             # Waiting inside the block: leaving it makes NeMo-Run wait on local jobs itself.
-            return _wait(exp, on_line, reattached=False)
+            with contextlib.redirect_stdout(real_stdout):
+                return _wait(exp, on_line, reattached=False)

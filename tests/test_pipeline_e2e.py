@@ -59,3 +59,124 @@ def statuses(output: str) -> dict[str, str]:
 
 def records(home: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (home / "store" / "_runs").glob("*.json")}
+
+
+CI_RUN = [
+    "data_prep/pretrain:corpus.max_bytes=1000000",
+    "data_prep/pretrain:tokenizer.vocab_size=2048",
+    "pretrain:train.train_iters=60",
+    "pretrain:train.save_interval=30",
+    "pretrain:train.eval_interval=30",
+    "sft:train.train_iters=250",
+    "sft:train.save_interval=125",
+    "sft:train.eval_interval=125",
+    "rl:train.train_iters=8",
+    "rl:train.save_interval=4",
+    "eval:limit=100",
+]
+
+
+@pytest.fixture(scope="module")
+def first_run(home: Path) -> subprocess.CompletedProcess:
+    result = nano3(home, *CI_RUN)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_the_pipeline_runs_and_sft_beats_the_pretrained_model(home: Path, first_run: subprocess.CompletedProcess) -> None:
+    assert statuses(first_run.stdout) == {s.id: "ran" for s in STAGES}
+    store = ArtifactStore(str(home / "store"))
+    evaluation = store.resolve("nano3-eval:latest")
+    model, baseline = evaluation.metrics["exact_match"], evaluation.metrics["baseline_exact_match"]
+    assert model >= baseline + 0.2, f"exact match {model} vs pretrained {baseline}"
+    # The lineage reaches back to the data: eval consumed the converted model of this run.
+    assert {i["name"] for i in evaluation.inputs} == {"nano3-model-hf", "nano3-pretrain-model", "nano3-sft-data", "nano3-pretrain-data"}
+    for name in ("nano3-pretrain-data", "nano3-sft-model", "nano3-model-hf", "nano3-eval"):
+        version = store.resolve(f"{name}:latest")
+        manifest = store.read_manifest(version.uri)
+        assert manifest is not None and manifest.digest == version.digest
+        store.verify(name, version.uri, manifest)
+    # Job logs reach the run's output (and Prefect's logs): progress lines and the recipes' own.
+    assert "step 60/60" in first_run.stdout and "manifest:" in first_run.stdout
+    assert list((home / "store" / "_wandb").rglob("run-*.wandb"))
+
+
+def test_a_rerun_does_no_work(home: Path, first_run: subprocess.CompletedProcess) -> None:
+    before = records(home)
+    started = time.monotonic()
+    again = nano3(home, *CI_RUN)
+    elapsed = time.monotonic() - started
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert statuses(again.stdout) == {s.id: "cached" for s in STAGES}
+    assert records(home) == before, "a cached rerun submits nothing"
+    print(f"cached rerun: {elapsed:.1f} s")
+
+
+def test_an_sft_override_reruns_sft_and_what_follows(home: Path, first_run: subprocess.CompletedProcess) -> None:
+    changed = nano3(home, *CI_RUN, "sft:train.lr=8.0e-4")
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert statuses(changed.stdout) == {
+        "data_prep/pretrain": "cached",
+        "data_prep/sft": "cached",
+        "data_prep/rl": "cached",
+        "pretrain": "cached",
+        "sft": "ran",
+        "rl": "ran",
+        "convert": "ran",
+        "eval": "ran",
+    }
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_killed_during_pretrain_the_rerun_resumes_it(home: Path, first_run: subprocess.CompletedProcess) -> None:
+    args = ["--stages", "data_prep/pretrain,pretrain", *CI_RUN, "pretrain:train.train_iters=400", "pretrain:train.save_interval=10"]
+    env = dict(os.environ, HOME=str(home), PREFECT_HOME=str(home / ".prefect"),
+               NANO3_ARTIFACTS_ROOT=str(home / "store"), WANDB_MODE="offline")
+    log = (home / "killed.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "flows.nano3", *args], cwd=home, env=env, stdout=log, stderr=log)
+    work = home / "store" / "_work" / "pretrain"
+    deadline = time.monotonic() + 600
+    while not any(work.glob("*/checkpoints/step_*/COMPLETE")):
+        assert proc.poll() is None, (home / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no pretrain checkpoint within 10 minutes"
+        time.sleep(1)
+    descendants = _children(proc.pid)
+    descendants += [g for c in descendants for g in _children(c)]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # The job notices its orchestrator is gone and stops; the local Prefect server we kill ourselves.
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in descendants) and time.monotonic() < deadline:
+        for pid in descendants:
+            if _alive(pid) and "uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(1)
+    assert not any(_alive(p) for p in descendants), "a process of the killed run is still alive"
+    (key,) = [p.name for p in work.iterdir() if any(p.glob("checkpoints/step_*/COMPLETE"))
+              and not (home / "store" / "pretrain" / p.name / "manifest.json").exists()]
+
+    rerun = nano3(home, *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert statuses(rerun.stdout) == {"data_prep/pretrain": "cached", "pretrain": "ran"}
+    assert "resumed from step" in rerun.stdout
+    record = json.loads((home / "store" / "_runs" / f"{key}.json").read_text())
+    assert record["attempt"] == 2, "one submission before the crash, one after: no duplicate"

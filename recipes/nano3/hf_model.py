@@ -241,7 +241,7 @@ def run_training(
         if "log_interval" in due:
             runtime.progress(
                 state.step, total, loss=round(sum(recent) / len(recent), 4),
-                lr=state.scheduler.get_last_lr()[0], tokens_per_s=round(tokens / seconds),
+                lr=float(f"{state.scheduler.get_last_lr()[0]:.3g}"), tokens_per_s=round(tokens / seconds),
             )
         if "eval_interval" in due:
             evaluation = evaluate()

@@ -15,6 +15,7 @@ documents). A job that stops resumes from its newest complete checkpoint under r
 
 from __future__ import annotations
 
+import os
 import itertools
 import json
 import math
@@ -34,6 +35,10 @@ def check_inputs(ctx: runtime.RecipeContext) -> None:
     backend = ctx.config.run.get("backend", "hf")
     if backend != "hf":
         raise SystemExit(f"error: this script is the hf backend; run.backend is {backend!r}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit("error: the hf backend trains in one process: launch it with nproc_per_node=1")
+    if "model" not in ctx.config:
+        raise SystemExit(f"error: {ctx.config_path} has no model: block (the NemotronHConfig fields to train)")
     data = ctx.input_path("data")
     if not data.is_dir():
         raise SystemExit(f"error: input 'data' at {data} does not exist")
@@ -156,12 +161,12 @@ def main() -> None:
         ctx,
         "checkpoint_hf",
         metrics={
-            "train_loss": _rounded(result.loss, 4),
+            "train_loss": None if result.loss is None else round(result.loss, 4),
             "valid_loss_start": round(start_loss, 4),
             "valid_perplexity_start": round(math.exp(start_loss), 2),
             "valid_loss": round(result.evaluation, 4),
             "valid_perplexity": round(math.exp(result.evaluation), 2),
-            "tokens_per_s": _rounded(result.tokens_per_s, 0),
+            "tokens_per_s": None if result.tokens_per_s is None else round(result.tokens_per_s),
             "steps": state.step,
         },
         metadata={
@@ -171,10 +176,6 @@ def main() -> None:
             "device": str(placement.device),
         },
     )
-
-
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ restarted job which ones are whole, and it resumes from the newest of those.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -43,15 +44,21 @@ def check_inputs(ctx: runtime.RecipeContext) -> None:
 
 def read_problems(path: Path) -> list[dict[str, Any]]:
     """Rows of {"prompt": [chat messages], "answer": str}; anything else is a wrong input, said early."""
-    from recipes.nano3 import hf_model
-
-    rows = hf_model.read_jsonl(path)
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row.get("prompt"), list) or "answer" not in row:
-            raise SystemExit(f"error: {path}:{number}: expected {{'prompt': [messages], 'answer': ...}}")
+    rows = []
+    with path.open() as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError as error:
+                raise SystemExit(f"error: {path}:{number}: not JSON ({error})") from None
+            if row is None:
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), list) or "answer" not in row:
+                raise SystemExit(f"error: {path}:{number}: expected {{'prompt': [messages], 'answer': ...}}")
+            rows.append({"prompt": row["prompt"], "answer": str(row["answer"])})
     if not rows:
         raise SystemExit(f"error: {path} holds no problems")
-    return [{"prompt": row["prompt"], "answer": str(row["answer"])} for row in rows]
+    return rows
 
 
 def reply_text(completion: Any) -> str:
@@ -141,15 +148,15 @@ def grpo_config(ctx: runtime.RecipeContext, checkpoints: Path, placement: Any) -
 def main() -> None:
     ctx = runtime.start()
     check_inputs(ctx)
+    train, evaluation = ctx.config.train, ctx.config.get("eval", {})
+    train_rows = read_problems(ctx.input_path("data") / "train.jsonl")
+    valid_rows = read_problems(ctx.input_path("data") / "valid.jsonl")[: int(evaluation.get("limit", 200))]
 
     import datasets
     from trl import GRPOTrainer
 
     from recipes.nano3 import hf_model
 
-    train, evaluation = ctx.config.train, ctx.config.get("eval", {})
-    train_rows = read_problems(ctx.input_path("data") / "train.jsonl")
-    valid_rows = read_problems(ctx.input_path("data") / "valid.jsonl")[: int(evaluation.get("limit", 200))]
     placement = hf_model.choose_placement(str(train.get("precision", "fp32")))
     model, tokenizer = hf_model.load_model(
         ctx.input_path("model"), placement, chunk_size=int(train.get("mamba_chunk_size", 16))

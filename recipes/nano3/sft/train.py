@@ -13,6 +13,7 @@ exact match (greedy) is measured before and after, so the artifact says how much
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ def check_inputs(ctx: runtime.RecipeContext) -> None:
     backend = ctx.config.run.get("backend", "hf")
     if backend != "hf":
         raise SystemExit(f"error: this script is the hf backend; run.backend is {backend!r}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit("error: the hf backend trains in one process: launch it with nproc_per_node=1")
     for name, (files, kind) in REQUIRED.items():
         folder = ctx.input_path(name)
         if not folder.is_dir():
