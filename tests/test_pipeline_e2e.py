@@ -20,19 +20,8 @@ import pytest
 from tasks.artifacts import ArtifactStore
 from tasks.stages import STAGES
 
-PROJECT = Path(__file__).resolve().parent.parent
-
-#: Small but real: the model must still learn arithmetic in SFT so eval can show it.
-CI_SIZE = [
-    "corpus.max_bytes=1000000",
-    "tokenizer.vocab_size=2048",
-    "examples=6000",
-    "prompts=400",
-]
-STAGE_SIZE = {
-    "pretrain": ["train.train_iters=60", "train.save_interval=20", "train.eval_interval=30"],
-}
-
+# A whole pipeline on 2 CPU cores: minutes per test, not seconds.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
 def nano3(home: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
     env = dict(os.environ, HOME=str(home), PREFECT_HOME=str(home / ".prefect"),

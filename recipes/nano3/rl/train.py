@@ -132,6 +132,8 @@ def grpo_config(ctx: runtime.RecipeContext, checkpoints: Path, placement: Any) -
         max_completion_length=int(grpo.max_completion_length),
         temperature=float(grpo.get("temperature", 1.0)),
         beta=float(grpo.beta),
+        # TRL turns activation recomputation on by default; a small model has the memory to skip it.
+        activation_checkpointing=bool(train.get("activation_checkpointing", False)),
         learning_rate=float(train.lr),
         lr_scheduler_type=str(train.get("lr_scheduler", "constant")),
         max_steps=int(train.train_iters),
