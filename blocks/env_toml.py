@@ -37,11 +37,12 @@ def find_env_file(start: Path | None = None) -> Path | None:
     return None
 
 
-def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key, the right side winning; anything else (lists included) is replaced."""
     merged = dict(base)
     for key, value in over.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -120,7 +121,7 @@ class EnvFile:
                 key="extends",
                 hint=did_you_mean(parent, self.raw_profiles) or f"profiles here: {', '.join(self.raw_profiles)}",
             )
-        return _deep_merge(self._inherited(parent, (*chain, name)), own)
+        return deep_merge(self._inherited(parent, (*chain, name)), own)
 
     def profile(self, name: str) -> dict[str, Any]:
         """The section `name` with its `extends` chain applied and env references resolved."""

@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from blocks.env_toml import deep_merge
 from blocks.errors import ConfigError, did_you_mean
 from blocks.profiles import PROFILE_TYPES, _Profile, accepted_keys, parse_profile
 from blocks.settings import WandbConfig
@@ -123,16 +124,6 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[Override], *, file: Pat
     return merged
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def effective_profile(
     profile: _Profile,
     explicit: frozenset[str],
@@ -161,7 +152,7 @@ def effective_profile(
     if "container" in owned:  # one spelling, so the recipe's image cannot lose to its own alias
         owned["container_image"] = owned.pop("container")
         own.pop("container", None)
-    merged = _deep_merge(_deep_merge(defaults, own), owned)
+    merged = deep_merge(deep_merge(defaults, own), owned)
     with_yaml = parse_profile(merged, file=str(config_file), section=f"run.env + profile {profile_name}")
     if not env_overrides:
         return with_yaml
@@ -181,7 +172,7 @@ def effective_profile(
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={override.value}"]))["v"]  # type: ignore[index]
-    return parse_profile(_deep_merge(merged, extra), file=COMMAND_LINE, section=f"profile {profile_name}")
+    return parse_profile(deep_merge(merged, extra), file=COMMAND_LINE, section=f"profile {profile_name}")
 
 
 @dataclass(frozen=True)

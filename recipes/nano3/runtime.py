@@ -113,12 +113,21 @@ def watch_orchestrator(interval: float = 1.0) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed what the recipe has imported; importing torch only to seed it costs seconds."""
+    """Seed every RNG a recipe may use, torch included even if not imported yet (≈ 3 s): model
+    initialisation must not depend on import order."""
     random.seed(seed)
-    if "numpy" in sys.modules:
-        sys.modules["numpy"].random.seed(seed)
-    if "torch" in sys.modules:
-        sys.modules["torch"].manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
 
 
 def progress(step: int, total: int, **metrics: float | int | str) -> None:

@@ -6,9 +6,9 @@
 # ///
 """GRPO on verifiable arithmetic from a nano3-sft-model artifact (backend hf, TRL's GRPOTrainer).
 
-The reward is exact match of the sampled reply against the known answer: nothing learned can be
-gamed, and the held-out exact match measured before and after training shows what RL added on top
-of SFT. Generation stops at the chat template's end-of-turn token, so a reply is the answer alone.
+The reward is exact match of the sampled reply against the known answer, which no reply earns
+without the right sum; the held-out exact match measured before and after training shows what RL
+added on top of SFT. Generation stops at the chat template's end-of-turn token, so a reply is the answer alone.
 TRL writes its checkpoints under run.work_dir/checkpoints; a marker written after each save tells a
 restarted job which ones are whole, and it resumes from the newest of those.
 """
@@ -152,7 +152,7 @@ def main() -> None:
     check_inputs(ctx)
     train, evaluation = ctx.config.train, ctx.config.get("eval", {})
     train_rows = read_problems(ctx.input_path("data") / "train.jsonl")
-    valid_rows = read_problems(ctx.input_path("data") / "valid.jsonl")[: int(evaluation.get("limit", 200))]
+    valid_rows = read_problems(ctx.input_path("data") / "valid.jsonl")[: evaluation.get("limit", 200)]
 
     import datasets
     from trl import GRPOTrainer
