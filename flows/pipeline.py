@@ -8,7 +8,7 @@ from flows.run_options import RunOptions, resolve_context, stage_jobs
 from blocks.settings import WandbConfig
 from tasks.artifacts import ArtifactStore, ArtifactVersion, open_store
 from tasks.job_config import JobConfig
-from tasks.stage_task import StageResult, prepare_stage, run_stage
+from tasks.stage_task import StageResult, prepare_stage, stage_task
 from tasks.stages import STAGES, STAGES_BY_ID
 
 
@@ -41,7 +41,7 @@ def execute_stages(
     results: list[StageResult] = []
     for job in jobs:
         prepared = prepare_stage(job, store, produced)
-        state = run_stage(prepared, store, wandb, detached=detached, return_state=True)
+        state = stage_task(prepared)(prepared, store, wandb, detached=detached, return_state=True)
         result: StageResult = state.result()
         if state.name == "Cached":
             result = result.model_copy(update={"status": "cached", "seconds": 0.0})

@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blocks.settings import WandbConfig
 from tasks.artifacts import ArtifactVersion
+from tasks.stages import Stage
+
+if TYPE_CHECKING:
+    from prefect.assets import Asset
 
 
 def artifact_key(*parts: str) -> str:
@@ -24,6 +28,37 @@ def artifact_key(*parts: str) -> str:
 def asset_key(uri: str) -> str:
     """Prefect asset keys are URIs; a local path becomes file://."""
     return uri if "://" in uri else Path(uri).resolve().as_uri()
+
+
+def stage_asset(url: str, name: str, kind: str) -> Asset:
+    """One artifact as a Prefect asset; producer and consumers build it alike so the graph joins up."""
+    from prefect.assets import Asset, AssetProperties
+
+    return Asset(key=asset_key(url), properties=AssetProperties(name=name, description=f"nano3 {kind} artifact"))
+
+
+def output_asset(stage: Stage, output_url: str) -> Asset:
+    return stage_asset(output_url, stage.artifact, stage.produces)
+
+
+def input_assets(inputs: dict[str, ArtifactVersion]) -> list[Asset]:
+    return [stage_asset(ref.uri, ref.name, ref.type) for ref in inputs.values()]
+
+
+def describe_asset_materialization(output: ArtifactVersion) -> None:
+    """Version, digest and metrics on the asset's materialization event (inside a materializing task)."""
+    from prefect.assets import add_asset_metadata
+    from prefect.context import AssetContext
+
+    context = AssetContext.get()
+    key = asset_key(output.uri)
+    if context is None or key not in {a.key for a in context.downstream_assets}:
+        return
+    add_asset_metadata(
+        key,
+        {"artifact": output.ref, "type": output.type, "digest": output.digest, "cache_key": output.cache_key,
+         "metrics": output.metrics},
+    )
 
 
 def _short(digest: str) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from omegaconf import OmegaConf
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import CachePolicy
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
@@ -143,7 +143,7 @@ def _publish(prepared: PreparedStage, store: ArtifactStore) -> ArtifactVersion:
     return store.publish(prepared.job.stage.artifact, prepared.output_url, manifest, cache_key=prepared.cache_key)
 
 
-@task(
+STAGE_TASK_OPTIONS: dict[str, Any] = dict(
     name="nano3-stage",
     task_run_name="{prepared.stage_id}",
     cache_policy=StageCachePolicy(),
@@ -152,8 +152,10 @@ def _publish(prepared: PreparedStage, store: ArtifactStore) -> ArtifactVersion:
     retry_delay_seconds=exponential_backoff(backoff_factor=5),
     retry_jitter_factor=0.2,
 )
-def run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None, detached: bool = False) -> StageResult:
-    from tasks.lineage import mirror_to_wandb, publish_stage_artifacts
+
+
+def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None, detached: bool = False) -> StageResult:
+    from tasks.lineage import describe_asset_materialization, mirror_to_wandb, publish_stage_artifacts
 
     logger = get_run_logger()
     started = time.monotonic()
@@ -182,6 +184,7 @@ def run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig 
         logger.info(f"{prepared.stage_id}: output for cache key {prepared.cache_key} exists; verifying")
     artifact = _publish(prepared, store)
     publish_stage_artifacts(prepared.stage_id, artifact, prepared.inputs, status)
+    describe_asset_materialization(artifact)
     mirror_to_wandb(wandb, prepared.stage_id, artifact, prepared.inputs, store_wandb_dir(store))
     return StageResult(
         stage=prepared.stage_id,
@@ -190,6 +193,27 @@ def run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig 
         artifact=artifact,
         inputs=prepared.inputs,
     )
+
+
+run_stage = task(**STAGE_TASK_OPTIONS)(_run_stage)
+
+
+def stage_task(prepared: PreparedStage) -> Task[..., StageResult]:
+    """run_stage declared as materializing this stage's output from its inputs' assets.
+
+    The output location is content-addressed, so it is known before the job runs: Prefect's asset
+    graph then links every stage's output to the outputs it consumed.
+    """
+    from prefect.assets import materialize
+
+    from tasks.lineage import input_assets, output_asset
+
+    return materialize(
+        output_asset(prepared.job.stage, prepared.output_url),
+        by="nemo-run",
+        asset_deps=input_assets(prepared.inputs),
+        **STAGE_TASK_OPTIONS,
+    )(_run_stage)
 
 
 def store_wandb_dir(store: ArtifactStore):  # noqa: ANN201 - Path

@@ -23,6 +23,8 @@ ARTIFACT_TYPES = (
     "checkpoint_hf",
     "checkpoint_megatron",
     "eval_results",
+    # What the env/env_toml step writes: an env.toml of execution profiles.
+    "env_toml",
 )
 
 Launcher = Literal["direct", "torchrun", "ray"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -29,7 +30,12 @@ from tasks.submission import launcher_for, recipe_task
 
 ACTIVE = {"SUBMITTED", "PENDING", "RUNNING", "UNKNOWN_ACTIVE"}
 POLL_SECONDS = 1.0
-LOG_NAMES = ("combined.log", "stdout.log")
+# The job's whole output, best first: NeMo-Run local's stdout+stderr, Slurm's, then stdout alone
+# (torchrun also writes a per-rank stdout.log below the job folder: following two files at once
+# would repeat every line).
+LOG_PATTERNS = ("combined.log", "log-*.out", "stdout.log")
+# torchrun's `[default0]:` and NeMo-Run's `[role/0]: ` line prefixes.
+LINE_PREFIX = re.compile(r"^\[[\w./-]{1,40}\]: ?")
 
 
 @dataclass
@@ -64,18 +70,19 @@ class LogTail:
         self.offsets: dict[Path, int] = {}
         self.last: list[str] = []
 
-    def _files(self) -> list[Path]:
+    def _newest_log(self) -> Path | None:
         if not self.folder or not self.folder.exists():
-            return []
-        found = [p for name in LOG_NAMES for p in self.folder.rglob(name)]
-        found += list(self.folder.glob("log-*.out"))
-        return sorted(set(found), key=lambda p: p.stat().st_mtime)
+            return None
+        for pattern in LOG_PATTERNS:
+            found = list(self.folder.rglob(pattern))
+            if found:
+                return max(found, key=lambda p: p.stat().st_mtime)
+        return None
 
     def poll(self) -> None:
-        files = self._files()
-        if not files:
+        path = self._newest_log()
+        if path is None:
             return
-        path = files[-1]
         start = self.offsets.get(path, 0)
         with path.open("rb") as handle:
             handle.seek(start)
@@ -83,7 +90,7 @@ class LogTail:
         complete = chunk.rfind(b"\n") + 1
         self.offsets[path] = start + complete
         for raw in chunk[:complete].decode(errors="replace").splitlines():
-            line = raw.split("]: ", 1)[-1] if raw.startswith("[") and "]: " in raw[:40] else raw
+            line = LINE_PREFIX.sub("", raw)
             self.last = (self.last + [line])[-40:]
             self.on_line(line)
 

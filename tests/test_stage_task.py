@@ -7,6 +7,7 @@ tests pin the orchestration: caching, publishing, digests, retries, resume, line
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,3 +155,29 @@ def test_prefect_artifacts_and_wandb_mirror(store: ArtifactStore) -> None:
     wandb_runs = list(Path(store.root, "_wandb").rglob("run-*.wandb"))
     assert len(wandb_runs) == 2
     assert any(b"toy-total" in p.read_bytes() for p in wandb_runs)
+
+
+def test_each_output_is_a_prefect_asset_materialized_from_its_inputs(store: ArtifactStore) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    from tasks.lineage import asset_key
+
+    results = toy_flow(jobs("factor=7"), store)
+    numbers, total = (r.artifact for r in results)
+    expected = {asset_key(numbers.uri), asset_key(total.uri)}
+    deadline = time.monotonic() + 30  # events reach the server asynchronously
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(EventFilter(event=EventNameFilter(name=["prefect.asset.materialization.succeeded"])), limit=50)
+        by_key = {e.resource.id: e for e in page.events}
+        if expected <= by_key.keys() or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    materialized = by_key[asset_key(total.uri)]
+    assert materialized.resource.get("prefect.resource.name") == "toy-total"
+    upstream = [r.id for r in materialized.related if r.role == "asset"]
+    assert upstream == [asset_key(numbers.uri)], "the consumer's asset depends on the producer's"
+    assert materialized.payload["artifact"] == total.ref and materialized.payload["digest"] == total.digest
+    assert materialized.payload["metrics"] == {"total": 42}
+    assert [r.id for r in by_key[asset_key(numbers.uri)].related if r.role == "asset"] == []

@@ -254,7 +254,9 @@ def run_training(
     )
 
 
-def train_step(state: TrainingState, batch: Mapping[str, torch.Tensor], placement: Placement, clip_grad: float) -> float:
+def train_step(
+    state: TrainingState, batch: Mapping[str, torch.Tensor], placement: Placement, clip_grad: float
+) -> float:
     """One optimizer step on a batch with `labels` (-100 where no loss is wanted)."""
     with placement.autocast():
         loss = state.model(**batch).loss

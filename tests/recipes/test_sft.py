@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from recipes.nano3 import runtime
-from recipes.nano3.sft.train import IGNORE_INDEX, mask_prompt, tokenize_conversation
+from recipes.nano3.sft.train import IGNORE_INDEX, mask_prompt, read_conversations, tokenize_conversation
 from tests.recipes.conftest import config_path, run_recipe, write_resolved_config
 from tests.recipes.test_pretrain import SMALL_MODEL
 
@@ -124,8 +124,15 @@ def test_tokenized_conversation_learns_the_answer_and_its_end_of_turn(tokenizer)
     learned = [label for label in labels if label != IGNORE_INDEX]
     assert tokenizer.decode(learned) == "82<end>"
     assert labels[: len(input_ids) - len(learned)] == [IGNORE_INDEX] * (len(input_ids) - len(learned))
-    with pytest.raises(ValueError, match="assistant"):
-        tokenize_conversation(tokenizer, messages[:1])
+
+
+def test_a_line_without_an_answer_to_learn_is_named(tmp_path: Path) -> None:
+    lines = [{"messages": [{"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"}]},
+             {"messages": [{"role": "user", "content": "1+2="}]}]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(SystemExit, match=f"error: {path}:2: expected"):
+        read_conversations(path)
 
 
 def test_exact_match_does_not_depend_on_batching(base_model: Path, sft_data: Path) -> None:

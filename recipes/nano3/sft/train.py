@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from recipes.nano3 import runtime
@@ -50,12 +51,21 @@ def mask_prompt(prompt_ids: Sequence[int], full_ids: Sequence[int]) -> list[int]
     return [IGNORE_INDEX] * len(prompt_ids) + list(full_ids[len(prompt_ids) :])
 
 
+def read_conversations(path: Path) -> list[list[dict[str, str]]]:
+    """Each line's messages, the last of them the assistant's answer (the one turn SFT learns)."""
+    from recipes.nano3 import hf_model
+
+    conversations = [row.get("messages") for row in hf_model.read_jsonl(path)]
+    for number, messages in enumerate(conversations, start=1):
+        if not isinstance(messages, list) or len(messages) < 2 or messages[-1].get("role") != "assistant":
+            raise SystemExit(f"error: {path}:{number}: expected {{'messages': [user turn, ..., assistant turn]}}")
+    return conversations
+
+
 def tokenize_conversation(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> tuple[list[int], list[int]]:
     """Input ids and labels for a conversation whose last message is the answer to learn."""
     from recipes.nano3 import hf_model
 
-    if messages[-1]["role"] != "assistant":
-        raise ValueError(f"the last message must be the assistant's answer, not {messages[-1]['role']!r}")
     text = tokenizer.apply_chat_template(list(messages), tokenize=False)
     full_ids = tokenizer(text, add_special_tokens=False).input_ids
     return full_ids, mask_prompt(hf_model.render_prompt(tokenizer, messages[:-1]), full_ids)
@@ -90,9 +100,9 @@ def main() -> None:
     model, tokenizer = hf_model.load_model(
         ctx.input_path("model"), placement, chunk_size=int(train.get("mamba_chunk_size", 16))
     )
-    examples = [tokenize_conversation(tokenizer, line["messages"]) for line in hf_model.read_jsonl(data / "train.jsonl")]
-    valid = hf_model.read_jsonl(data / "valid.jsonl")
-    prompts, answers = [line["messages"][:-1] for line in valid], [line["messages"][-1]["content"] for line in valid]
+    examples = [tokenize_conversation(tokenizer, messages) for messages in read_conversations(data / "train.jsonl")]
+    valid = read_conversations(data / "valid.jsonl")
+    prompts, answers = [messages[:-1] for messages in valid], [messages[-1]["content"] for messages in valid]
     print(f"{len(examples)} training conversations, {len(valid)} held-out problems", flush=True)
 
     optimizer, scheduler = hf_model.make_optimizer(model, train)
