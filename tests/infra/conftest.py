@@ -1,0 +1,87 @@
+"""Real local services for tests: a Slurm with accounting and fake GPUs, an S3 server, a PostgreSQL.
+
+Each is started once per test session by the same functions as scripts/dev/local_*.py and
+stopped, by its pid files, at the end. A machine without the programs skips these tests with
+the install hint (.ci/run installs them first: scripts/dev/install_packages.sh).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+DEV_SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "dev"
+sys.path.insert(0, str(DEV_SCRIPTS))
+
+from local_daemons import MissingPrerequisite  # noqa: E402
+from local_postgres import PostgresServer, start_postgres, stop_postgres  # noqa: E402
+from local_s3 import S3Server, start_s3, stop_s3  # noqa: E402
+from local_slurm import SlurmCluster, start_slurm, stop_slurm  # noqa: E402
+
+#: Fake GPUs on the test cluster's node: enough for a job to ask for one and another to ask for two.
+TEST_GPUS = 2
+TEST_BUCKET = "nano3-test"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A one-node Slurm (partition `debug`, account `root`) whose node has TEST_GPUS fake GPUs."""
+    folder = tmp_path_factory.mktemp("slurm")
+    try:
+        cluster = start_slurm(folder, gpus=TEST_GPUS)
+    except MissingPrerequisite as missing:
+        pytest.skip(str(missing))
+    try:
+        yield cluster
+    finally:
+        stop_slurm(folder)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster_with_gpus(slurm_cluster: SlurmCluster) -> SlurmCluster:
+    """The same cluster, named for tests that rely on its fake GPUs."""
+    assert slurm_cluster.gpus > 0
+    return slurm_cluster
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3 endpoint with random keys and the bucket TEST_BUCKET."""
+    folder = tmp_path_factory.mktemp("s3")
+    try:
+        server = start_s3(folder, f"test-{secrets.token_hex(4)}", secrets.token_hex(16), bucket=TEST_BUCKET)
+    except MissingPrerequisite as missing:
+        pytest.skip(str(missing))
+    try:
+        yield server
+    finally:
+        stop_s3(folder)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    # Not under pytest's temp folder: it is closed to others, and the server runs as `postgres`.
+    folder = Path(tempfile.mkdtemp(prefix="nano3-postgres-"))
+    try:
+        try:
+            server = start_postgres(folder)
+        except MissingPrerequisite as missing:
+            pytest.skip(str(missing))
+        try:
+            yield server
+        finally:
+            stop_postgres(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """`postgresql+asyncpg://…/prefect`, for PREFECT_API_DATABASE_CONNECTION_URL."""
+    return postgres_server.url
