@@ -12,10 +12,13 @@ import importlib.util
 import os
 import shlex
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
+
+import recipes
 
 from blocks.errors import ConfigError
 from blocks.profiles import (
@@ -59,6 +62,10 @@ class ExecutionTarget:
         return {**self.profile.secret_env(), **dict(self.extra_secret_env)}
 
 
+#: The recipe scripts jobs run (they import nothing of ours outside this folder).
+RECIPES_DIR = Path(recipes.__file__).resolve().parent
+
+
 def _secret(value: SecretStr | None, target: ExecutionTarget) -> str | None:
     if value is None:
         return None
@@ -73,7 +80,8 @@ def _env(target: ExecutionTarget, *, with_secrets: bool = True) -> dict[str, str
 
 
 def build_packager(profile: _Profile) -> run.Packager:
-    """git (the repository at HEAD), pattern (matching files), hybrid (both), none (nothing)."""
+    """recipes (this tool's recipe scripts), git (the repository at HEAD), pattern (matching
+    files), hybrid (git and pattern), none (nothing)."""
     import nemo_run as run
 
     def git() -> run.GitArchivePackager:
@@ -85,6 +93,10 @@ def build_packager(profile: _Profile) -> run.Packager:
 
     if profile.packager == "none":
         return run.Packager()
+    if profile.packager == "recipes":
+        # What every job runs, and all it imports of ours, from wherever this tool is installed
+        # (a checkout, edits included, or site-packages): no git repository needed in the cwd.
+        return run.PatternPackager(include_pattern=str(RECIPES_DIR), relative_path=str(RECIPES_DIR.parent))
     if profile.packager == "git":
         return git()
     if profile.packager == "pattern":
@@ -111,7 +123,17 @@ def build_tunnel(profile: SlurmProfile, target: ExecutionTarget) -> run.LocalTun
             identity=os.path.expanduser(profile.identity) if profile.identity else None,
         )
     # LocalTunnel copies nothing: sbatch must find the script where NeMo-Run wrote it.
-    return run.LocalTunnel(job_dir=profile.job_dir or os.path.join(get_nemorun_home(), "experiments"))
+    job_dir = profile.job_dir or os.path.join(get_nemorun_home(), "experiments")
+    if "nemo_run" in Path(job_dir).parts:
+        # NeMo-Run rewrites `/nemo_run` in a job's paths (its in-container code folder): a local
+        # job folder below one gets mangled output paths, and sbatch fails with exit 0:53.
+        raise ConfigError(
+            f"a Slurm job folder cannot lie below a folder named 'nemo_run' ({job_dir})",
+            section=target.profile_name or None,
+            key="job_dir" if profile.job_dir else "NEMORUN_HOME",
+            hint="use another name, e.g. ~/.nemo_run (NeMo-Run's default)",
+        )
+    return run.LocalTunnel(job_dir=job_dir)
 
 
 def _local(target: ExecutionTarget) -> run.Executor:

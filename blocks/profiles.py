@@ -43,7 +43,7 @@ class FieldProblem(Exception):
         self.message = message
 
 
-PackagerKind = Literal["git", "pattern", "hybrid", "none"]
+PackagerKind = Literal["recipes", "git", "pattern", "hybrid", "none"]
 
 
 class _Profile(BaseModel):
@@ -61,7 +61,9 @@ class _Profile(BaseModel):
         "filled from `env_vars` automatically.",
     )
     startup_commands: list[str] = Field(default_factory=list, description="Shell lines run before the recipe.")
-    packager: PackagerKind = Field("git", description="How code reaches the job: git | pattern | hybrid | none.")
+    packager: PackagerKind = Field(
+        "recipes", description="How code reaches the job: recipes | git | pattern | hybrid | none."
+    )
     subpath: str = Field("", description="git packager: ship only this subfolder of the repository.")
     include_submodules: bool = Field(True, description="git packager: include git submodules.")
     include_pattern: str | list[str] = Field(

@@ -1,15 +1,28 @@
-"""The `nemotron` command line. Fast paths import nothing heavy; errors are one line plus a hint."""
+"""The `nemotron` command line. Fast paths import nothing heavy; errors are one line plus a hint.
+
+    nemotron nano3 data prep pretrain|sft|rl    one stage each, as a Prefect flow
+    nemotron nano3 pretrain|sft|rl|convert|eval
+    nemotron nano3 pipe                         the whole pipeline
+    nemotron steps list|show|run                the steps catalog
+    nemotron runs list|status|logs|cancel       follow submissions
+    nemotron profiles list|show|push            env.toml ⇄ Prefect blocks
+
+Each group lives in flows/commands/; command bodies import what they use, so `nemotron --help`
+and `nemotron steps list` load neither NeMo-Run nor Prefect (docs/performance.md).
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from blocks.errors import ConfigError
+from flows.commands.errors import set_verbose, user_errors
+from flows.commands.nano3 import nano3_app
+from flows.commands.runs import runs_app
+from flows.commands.steps import steps_app
 
 app = typer.Typer(
     add_completion=False,
@@ -19,30 +32,17 @@ app = typer.Typer(
     help="nano3-flows: the Nemotron nano3 pipeline on Prefect and NeMo-Run.",
 )
 profiles_app = typer.Typer(no_args_is_help=True, help="Execution profiles: env.toml ⇄ Prefect blocks.")
+app.add_typer(nano3_app, name="nano3")
+app.add_typer(steps_app, name="steps")
+app.add_typer(runs_app, name="runs")
 app.add_typer(profiles_app, name="profiles")
 
-_state = {"verbose": False}
+__all__ = ["app", "main", "user_errors"]
 
 
 @app.callback()
 def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")] = False) -> None:
-    _state["verbose"] = verbose
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a ConfigError into `error: <file: [section] key: message (hint)>` and exit code 2."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            if _state["verbose"]:
-                raise
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(2) from None
-
-    return wrapper
+    set_verbose(verbose)
 
 
 def _env_file_or_fail(path: str | None):  # noqa: ANN202 - EnvFile, imported lazily

@@ -1,20 +1,40 @@
-"""`python -m flows.nano3`: the nano3 pipeline, end to end.
+"""`python -m flows.nano3`: the nano3 pipeline, end to end (the same as `nemotron nano3 pipe`).
 
     python -m flows.nano3                          # this machine, config tiny
     python -m flows.nano3 -r my-cluster -d         # the plan of every stage, attached
     python -m flows.nano3 -b my-cluster -d         # ... detached (batch partition)
     python -m flows.nano3 --stages pretrain,sft train.train_iters=20
+
+`run_stages` is what every command that runs stages goes through: `nemotron nano3 <stage>`,
+`nemotron nano3 pipe`, `nemotron steps run <step>` and this module differ only in which stages
+they select and what they call the Prefect flow.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from blocks.errors import ConfigError
+from flows.commands.errors import quiet_prefect_tracebacks, set_verbose, user_errors
+from flows.commands.options import (
+    OVERRIDES,
+    OVERRIDES_HELP,
+    BatchOption,
+    ConfigOption,
+    DryRunOption,
+    RunOption,
+    VerboseOption,
+)
 from tasks.stages import STAGES, STAGES_BY_ID, Stage
+
+if TYPE_CHECKING:
+    from flows.run_options import RunOptions
+
+#: The flow of the whole pipeline; one-stage commands name theirs after the stage.
+PIPELINE_FLOW = "nano3"
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False)
 
@@ -36,70 +56,103 @@ def select_stages(spec: str | None) -> list[Stage]:
     return [s for s in STAGES if s.id in wanted]
 
 
-def print_plan(options: "RunOptions", stages: list[Stage]) -> None:  # noqa: F821
+def stage_flow_name(stages: list[Stage]) -> str:
+    """`nano3-pretrain`, `nano3-data_prep-sft`: one Prefect flow per stage, as the UI lists them."""
+    return f"{PIPELINE_FLOW}-{stages[0].slug}" if len(stages) == 1 else PIPELINE_FLOW
+
+
+def print_plan(options: RunOptions, stages: list[Stage]) -> None:
+    from flows.lean_imports import without
     from flows.run_options import resolve_context, stage_jobs
-    from tasks.submission import plan_submission, render_plan
 
     context = resolve_context(options)
     jobs = stage_jobs(context, stages)
-    for job in jobs:
-        print(f"=== {job.stage.id} " + "=" * max(0, 60 - len(job.stage.id)))
-        print(render_plan(plan_submission(job, detached=options.detached)))
+    with without():
+        from tasks.submission import plan_submission, render_plan
+
+        for job in jobs:
+            print(f"=== {job.stage.id} " + "=" * max(0, 60 - len(job.stage.id)))
+            print(render_plan(plan_submission(job, detached=options.detached)))
 
 
-def run_pipeline(options: "RunOptions", stages: list[Stage]) -> None:  # noqa: F821
-    from rich.console import Console
-
+def run_pipeline(options: RunOptions, stages: list[Stage], flow_name: str = PIPELINE_FLOW) -> None:
+    """Attached: the stages run in order inside one Prefect flow, with progress bars on a terminal."""
     from flows.pipeline import nano3_pipeline
-    from flows.summary import summary_table
+    from flows.progress import stage_progress_bars
+    from flows.summary import summary_table, wide_console
 
-    results = nano3_pipeline(
-        config=options.config,
-        run=options.run,
-        batch=options.batch,
-        stages=[s.id for s in stages],
-        overrides=list(options.overrides),
+    pipeline = nano3_pipeline if flow_name == PIPELINE_FLOW else nano3_pipeline.with_options(name=flow_name)
+    quiet_prefect_tracebacks()
+    with stage_progress_bars():
+        results = pipeline(
+            config=options.config,
+            run=options.run,
+            batch=options.batch,
+            stages=[s.id for s in stages],
+            overrides=list(options.overrides),
+        )
+    wide_console().print(summary_table(results, title=flow_name))
+
+
+def submit_detached(options: RunOptions, stages: list[Stage], flow_name: str = PIPELINE_FLOW) -> None:
+    """Detached: submit what can start now, print the job ids and how to follow them."""
+    from flows.detached import submit_flow
+    from flows.summary import submissions_table, wide_console
+
+    assert options.batch is not None
+    quiet_prefect_tracebacks()
+    submissions = submit_flow.with_options(name=f"{flow_name}-submit")(
+        config=options.config, batch=options.batch, stages=[s.id for s in stages], overrides=list(options.overrides)
     )
-    # Wide enough for full stage and artifact names when the output is a file or a pipe.
-    Console(width=None if sys.stdout.isatty() else 160).print(summary_table(results))
+    wide_console().print(submissions_table(submissions))
+    started = [s.experiment_id for s in submissions if s.experiment_id]
+    if started:
+        print(f"follow: nemotron runs status {started[0]}   |   nemotron runs logs {started[0]} --follow")
+    if any(s.status in ("waiting", "running") for s in submissions):
+        print("run this command again once they finish: it publishes their outputs and submits what waits on them")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def run_stages(options: RunOptions, stages: list[Stage], flow_name: str = PIPELINE_FLOW) -> None:
+    """Dry-run, detached or attached. Bad input fails before Prefect starts anything."""
+    if options.dry_run:
+        print_plan(options, stages)
+        return
+    from flows.run_options import check_inputs, resolve_context, stage_jobs
+    from tasks.artifacts import open_store
+
+    context = resolve_context(options)
+    if options.detached:
+        from flows.detached import check_detachable
+
+        check_detachable(context)
+    check_inputs(stage_jobs(context, stages), open_store(context.artifacts))
+    if options.detached:
+        submit_detached(options, stages, flow_name)
+    else:
+        run_pipeline(options, stages, flow_name)
+
+
+def make_options(config: str | None, run: str | None, batch: str | None, dry_run: bool, overrides: list[str]) -> RunOptions:
+    from flows.run_options import RunOptions
+
+    return RunOptions(config=config or "tiny", run=run, batch=batch, dry_run=dry_run, overrides=tuple(overrides))
+
+
+@app.command(context_settings=OVERRIDES, help=f"Run the nano3 pipeline (data prep → pretrain → SFT → RL → convert → eval). {OVERRIDES_HELP}")
+@user_errors
 def main(
     ctx: typer.Context,
-    config: Annotated[str, typer.Option("-c", "--config", help="Config name (tiny, default) or a YAML path.")] = "tiny",
-    run: Annotated[str | None, typer.Option("-r", "--run", help="Profile to run attached (waits, streams logs).")] = None,
-    batch: Annotated[
-        str | None, typer.Option("-b", "--batch", help="Profile to submit detached (returns job ids).")
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("-d", "--dry-run", help="Print every stage's config and exact submission; submit nothing.")
-    ] = False,
+    config: ConfigOption = "tiny",
+    run: RunOption = None,
+    batch: BatchOption = None,
+    dry_run: DryRunOption = False,
     stages: Annotated[
         str | None, typer.Option("--stages", help=f"Comma-separated subset of: {', '.join(STAGES_BY_ID)}.")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
-    """Run the nano3 pipeline (data prep → pretrain → SFT → RL → convert → eval).
-
-    Trailing key=value arguments override the recipe configs (train.train_iters=50) or the
-    execution profile (run.env.nodes=2). Profiles come from env.toml (NEMOTRON_ENV_FILE or the
-    nearest env.toml upwards), else from Prefect blocks pushed with `nemotron profiles push`.
-    """
-    from flows.run_options import RunOptions
-
-    try:
-        options = RunOptions(config=config, run=run, batch=batch, dry_run=dry_run, overrides=tuple(ctx.args))
-        selected = select_stages(stages)
-        if dry_run:
-            print_plan(options, selected)
-            return
-        run_pipeline(options, selected)
-    except ConfigError as exc:
-        if verbose:
-            raise
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from None
+    set_verbose(verbose)
+    run_stages(make_options(config, run, batch, dry_run, ctx.args), select_stages(stages))
 
 
 if __name__ == "__main__":

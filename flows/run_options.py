@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from blocks.env_toml import EnvFile, discover_env_file
 from blocks.errors import ConfigError, did_you_mean
@@ -21,6 +22,9 @@ from blocks.profiles import LocalProfile
 from blocks.settings import ArtifactsConfig, WandbConfig
 from tasks.job_config import COMMAND_LINE, JobConfig, Override, _has_key, build_job_config, find_config_file, load_yaml, parse_overrides
 from tasks.stages import Stage
+
+if TYPE_CHECKING:
+    from tasks.artifacts import ArtifactStore
 
 LOCAL = "local"
 
@@ -127,3 +131,50 @@ def stage_jobs(context: RunContext, stages: Sequence[Stage]) -> list[JobConfig]:
             )
         )
     return jobs
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """One input of a job: the key of its config's `run:` block (`data`), the artifact that key
+    names (`nano3-sft-data`) and the reference as written (`nano3-sft-data:latest`)."""
+
+    key: str
+    artifact: str
+    ref: str
+
+
+def input_refs(job: JobConfig) -> list[InputRef]:
+    """The inputs the job's config names: `run.data: nano3-sft-data:latest` → nano3-sft-data."""
+    run_block = job.recipe_config.get("run") or {}
+    found = []
+    for key, _ in job.stage.consumes:
+        ref = str(run_block.get(key) or "")
+        if ref:
+            found.append(InputRef(key, ref.removeprefix("art://").split(":")[0], ref))
+    return found
+
+
+def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
+    """Every input is published or made by an earlier stage of this run. A missing one stops the
+    command here, before Prefect starts a flow or a scheduler gets a job that cannot start."""
+    from flows.commands.nano3 import command_for
+    from tasks.artifacts import ArtifactError
+    from tasks.stages import STAGES
+
+    producers = {stage.artifact: stage for stage in STAGES}
+    earlier: set[str] = set()
+    for job in jobs:
+        for item in input_refs(job):
+            if item.artifact in earlier:
+                continue
+            try:
+                store.resolve(item.ref)
+            except ArtifactError as exc:
+                producer = producers.get(item.artifact)
+                raise ConfigError(
+                    f"stage {job.stage.id} needs {item.ref}: {exc}",
+                    file=str(job.config_file),
+                    key=f"run.{item.key}",
+                    hint=f"`{command_for(producer)}` publishes it" if producer else None,
+                ) from None
+        earlier.add(job.stage.artifact)

@@ -1,10 +1,23 @@
-"""The table printed at the end of a run: what ran, what was cached, what it measured."""
+"""The tables printed at the end of a command: what ran, what was cached, what it measured; what
+was submitted and how to follow it."""
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
+from rich.console import Console
 from rich.table import Table
 
-from tasks.stage_task import StageResult
+if TYPE_CHECKING:
+    from flows.detached import Submission
+    from tasks.stage_task import StageResult
+
+
+def wide_console() -> Console:
+    """The terminal's width on a terminal; full lines (160 columns) in a file or a pipe."""
+    return Console(width=None if sys.stdout.isatty() else 160)
+
 
 #: The headline metric(s) of each stage, in the order shown.
 KEY_METRICS = {
@@ -25,8 +38,8 @@ def _format(value: object) -> str:
     return str(value)
 
 
-def summary_table(results: list[StageResult]) -> Table:
-    table = Table(title="nano3 pipeline")
+def summary_table(results: list[StageResult], title: str = "nano3") -> Table:
+    table = Table(title=f"{title} pipeline" if title == "nano3" else title)
     for column in ("stage", "status", "time (s)", "key metrics", "artifact"):
         table.add_column(column)
     for result in results:
@@ -34,4 +47,13 @@ def summary_table(results: list[StageResult]) -> Table:
         wanted = KEY_METRICS.get(result.stage) or tuple(sorted(metrics))[:2]
         shown = ", ".join(f"{k}={_format(metrics[k])}" for k in wanted if k in metrics)
         table.add_row(result.stage, result.status, f"{result.seconds:.1f}", shown, result.artifact.ref)
+    return table
+
+
+def submissions_table(submissions: list[Submission]) -> Table:
+    table = Table(title="nano3 submissions (detached)")
+    for column in ("stage", "status", "experiment", "job id", "detail"):
+        table.add_column(column)
+    for item in submissions:
+        table.add_row(item.stage, item.status, item.experiment_id or "-", item.job_id or "-", item.detail)
     return table

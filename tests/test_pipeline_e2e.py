@@ -13,27 +13,52 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tasks.artifacts import ArtifactStore
+from tasks.lineage import asset_key
 from tasks.stages import STAGES
+from tests.prefect_server import prefect_server
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 # A whole pipeline on 2 CPU cores: minutes per test, not seconds.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
-def nano3(home: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HOME=str(home), PREFECT_HOME=str(home / ".prefect"),
+def environment(home: Path) -> dict[str, str]:
+    env = dict(os.environ, HOME=str(home), PREFECT_HOME=str(home / ".prefect"), PREFECT_API_URL=(home / "api").read_text(),
                NANO3_ARTIFACTS_ROOT=str(home / "store"), WANDB_MODE="offline", NEMORUN_HOME=str(home / "nemo_run"))
     env.pop("NEMOTRON_ENV_FILE", None)
-    return subprocess.run([sys.executable, "-m", "flows.nano3", *args], cwd=home, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return env
+
+
+def nano3(home: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.nano3", *args], cwd=home, env=environment(home),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("e2e")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The users' folder, and the Prefect server their runs report to (the UI's view of them)."""
+    home = tmp_path_factory.mktemp("e2e")
+    with prefect_server(home / "prefect-server") as url:
+        (home / "api").write_text(url)
+        yield home
+
+
+@contextmanager
+def prefect_client(home: Path) -> Iterator[SyncPrefectClient]:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: (home / "api").read_text()}), get_client(sync_client=True) as client:
+        yield client
 
 
 def statuses(output: str) -> dict[str, str]:
@@ -87,7 +112,32 @@ def test_the_pipeline_runs_and_sft_beats_the_pretrained_model(home: Path, first_
         store.verify(name, version.uri, manifest)
     # Job logs reach the run's output (and Prefect's logs): progress lines and the recipes' own.
     assert "step 60/60" in first_run.stdout and "manifest:" in first_run.stdout
-    assert list((home / "store" / "_wandb").rglob("run-*.wandb"))
+    assert len(list((home / "store" / "_wandb").rglob("run-*.wandb"))) == len(STAGES)
+
+
+def test_prefect_shows_the_run_its_artifacts_and_the_asset_graph(home: Path, first_run: subprocess.CompletedProcess) -> None:
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    store = ArtifactStore(str(home / "store"))
+    latest = {s.artifact: store.resolve(f"{s.artifact}:latest") for s in STAGES}
+    with prefect_client(home) as client:
+        (run,) = client.read_flow_runs()
+        assert run.state is not None and run.state.is_completed()
+        artifacts = {a.key: a for a in client.read_latest_artifacts() if a.key}
+        events = client.read_events(EventFilter(event=EventNameFilter(name=["prefect.asset.materialization.succeeded"])),
+                                    limit=50).events
+    graph = artifacts["nano3-lineage"].data
+    for version in latest.values():
+        assert f"{version.ref}<br/>{version.type}" in graph
+    assert f"-->|sft| {version.name}" not in graph  # (a Mermaid node id is name-version)
+    assert "nano3-pretrain-model-v1 -->|sft| nano3-sft-model-v1" in graph
+    assert latest["nano3-eval"].ref in artifacts["eval-lineage"].data
+    assert "exact_match" in str(artifacts["eval-metrics"].data)
+    assert artifacts["pretrain-progress"].data == 100.0
+    upstream = {e.resource.id: {r.id for r in e.related if r.role == "asset"} for e in events}
+    assert upstream[asset_key(latest["nano3-sft-model"].uri)] == {
+        asset_key(latest["nano3-pretrain-model"].uri), asset_key(latest["nano3-sft-data"].uri)}
+    assert len(upstream) == len(STAGES), "one materialized asset per stage"
 
 
 def test_a_rerun_does_no_work(home: Path, first_run: subprocess.CompletedProcess) -> None:
@@ -128,6 +178,18 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _descendants(pid: int) -> list[int]:
+    found = _children(pid)
+    return found + [g for c in found for g in _descendants(c)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -137,35 +199,35 @@ def _alive(pid: int) -> bool:
 
 
 def test_killed_during_pretrain_the_rerun_resumes_it(home: Path, first_run: subprocess.CompletedProcess) -> None:
-    args = ["--stages", "data_prep/pretrain,pretrain", *CI_RUN, "pretrain:train.train_iters=400", "pretrain:train.save_interval=10"]
-    env = dict(os.environ, HOME=str(home), PREFECT_HOME=str(home / ".prefect"),
-               NANO3_ARTIFACTS_ROOT=str(home / "store"), WANDB_MODE="offline")
+    stages = ("data_prep/pretrain", "pretrain")
+    args = ["--stages", ",".join(stages), *[o for o in CI_RUN if o.split(":")[0] in stages],
+            "pretrain:train.train_iters=150", "pretrain:train.save_interval=10"]
     log = (home / "killed.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.nano3", *args], cwd=home, env=env, stdout=log, stderr=log)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.nano3", *args], cwd=home, env=environment(home), stdout=log,
+                            stderr=log)
     work = home / "store" / "_work" / "pretrain"
+    earlier = set(work.iterdir())
     deadline = time.monotonic() + 600
-    while not any(work.glob("*/checkpoints/step_*/COMPLETE")):
+    while not any(any(p.glob("checkpoints/step_*/COMPLETE")) for p in set(work.iterdir()) - earlier):
         assert proc.poll() is None, (home / "killed.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "no pretrain checkpoint within 10 minutes"
         time.sleep(1)
-    descendants = _children(proc.pid)
-    descendants += [g for c in descendants for g in _children(c)]
+    descendants = _descendants(proc.pid)
+    assert any("pretrain/train.py" in _cmdline(p) for p in descendants), "the pretrain job runs under the flow"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    # The job notices its orchestrator is gone and stops; the local Prefect server we kill ourselves.
+    # The job notices its orchestrator is gone and stops by itself.
     deadline = time.monotonic() + 30
     while any(_alive(p) for p in descendants) and time.monotonic() < deadline:
-        for pid in descendants:
-            if _alive(pid) and "uvicorn" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                os.kill(pid, signal.SIGKILL)
         time.sleep(1)
     assert not any(_alive(p) for p in descendants), "a process of the killed run is still alive"
-    (key,) = [p.name for p in work.iterdir() if any(p.glob("checkpoints/step_*/COMPLETE"))
-              and not (home / "store" / "pretrain" / p.name / "manifest.json").exists()]
+    (key,) = [p.name for p in set(work.iterdir()) - earlier]
+    assert not (home / "store" / "pretrain" / key / "manifest.json").exists()
+    saved = max(int(c.parent.name.removeprefix("step_")) for c in (work / key).glob("checkpoints/step_*/COMPLETE"))
 
     rerun = nano3(home, *args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert statuses(rerun.stdout) == {"data_prep/pretrain": "cached", "pretrain": "ran"}
-    assert "resumed from step" in rerun.stdout
+    assert f"resumed from step {saved}" in rerun.stdout and saved >= 10
     record = json.loads((home / "store" / "_runs" / f"{key}.json").read_text())
     assert record["attempt"] == 2, "one submission before the crash, one after: no duplicate"

@@ -1,0 +1,1 @@
+"""The `nemotron` command groups: nano3 stages, the steps catalog, and runs."""

@@ -1,0 +1,32 @@
+"""The seeds' global options, declared once for every command that runs stages or steps."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+ConfigOption = Annotated[
+    str | None,
+    typer.Option("-c", "--config", metavar="NAME", help="Config name (tiny, default, …) or a YAML path."),
+]
+RunOption = Annotated[
+    str | None,
+    typer.Option("-r", "--run", metavar="PROFILE", help="Run attached on PROFILE: waits, streams the job's logs."),
+]
+BatchOption = Annotated[
+    str | None,
+    typer.Option("-b", "--batch", metavar="PROFILE", help="Submit detached to PROFILE: returns the job id."),
+]
+DryRunOption = Annotated[
+    bool,
+    typer.Option("-d", "--dry-run", help="Print the compiled config and the exact submission (secrets redacted); submit nothing."),
+]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
+
+#: Trailing `key=value` arguments are overrides; anything else that looks like an option is an error.
+OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": False}
+OVERRIDES_HELP = (
+    "Trailing key=value arguments override the config (train.train_iters=50) or the execution "
+    "profile (run.env.nodes=2). Without --run or --batch the job runs on this machine."
+)

@@ -1,0 +1,102 @@
+"""`--batch`: submit each stage whose inputs exist, record it, and return without waiting.
+
+A detached job has nobody waiting to start the next stage, so a stage whose input comes from a
+stage submitted in the same call is left `waiting`. Calling the command again later publishes
+what finished (verified, like a cached stage), reports what still runs, and submits what became
+possible: the submission records in the store make sure no job is submitted twice.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from blocks.errors import ConfigError
+from blocks.profiles import LocalProfile
+from blocks.settings import WandbConfig
+from flows.run_options import RunContext, RunOptions, input_refs, resolve_context, stage_jobs
+from tasks.artifacts import ArtifactStore, ArtifactVersion, open_store
+from tasks.job_config import COMMAND_LINE, JobConfig
+from tasks.stages import STAGES_BY_ID
+
+
+class Submission(BaseModel):
+    stage: str
+    status: Literal["submitted", "running", "done", "waiting"]
+    experiment_id: str | None = None
+    job_id: str | None = None
+    detail: str = ""
+
+
+def check_detachable(context: RunContext) -> None:
+    """A local job is a child of this process (NeMo-Run's local scheduler): it cannot outlive it."""
+    if isinstance(context.profile.profile, LocalProfile):
+        raise ConfigError(
+            f"--batch needs a scheduler that keeps the job after this command ends; profile "
+            f"'{context.profile.name}' runs jobs on this machine",
+            file=COMMAND_LINE,
+            key="--batch",
+            hint="use --run, or no option, to run here and wait",
+        )
+
+
+def _wandb_secret(wandb: WandbConfig | None) -> dict[str, str]:
+    return {"WANDB_API_KEY": wandb.api_key.get_secret_value()} if wandb is not None and wandb.api_key is not None else {}
+
+
+def submit_jobs(jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig | None) -> list[Submission]:
+    """One pass over the stages in order: publish the finished, report the running, submit the ready."""
+    from flows.pipeline import execute_stages
+    from tasks.stage_task import prepare_stage
+    from tasks.submissions import is_active
+    from tasks.submit import submit_and_wait
+
+    logger = get_run_logger()
+    produced: dict[str, ArtifactVersion] = {}
+    unfinished: dict[str, str] = {}  # artifact name → the stage that will publish it
+    results: list[Submission] = []
+    for job in jobs:
+        stage = job.stage
+        blocked = [item.artifact for item in input_refs(job) if item.artifact in unfinished]
+        if blocked:
+            results.append(Submission(stage=stage.id, status="waiting", detail=f"needs {blocked[0]} from {unfinished[blocked[0]]}"))
+            unfinished[stage.artifact] = stage.id
+            continue
+        prepared = prepare_stage(job, store, produced)
+        if store.read_manifest(prepared.output_url) is not None:
+            [result] = execute_stages([job], store, wandb)  # verifies and publishes; submits nothing
+            produced[result.artifact.name] = result.artifact
+            results.append(Submission(stage=stage.id, status="done", detail=result.artifact.ref))
+            continue
+        unfinished[stage.artifact] = stage.id
+        record = store.read_record(prepared.cache_key)
+        if record is not None and is_active(record):
+            results.append(Submission(stage=stage.id, status="running", experiment_id=record.experiment_id, job_id=record.job_id))
+            continue
+        logger.info(f"{stage.id}: cache key {prepared.cache_key}, submitting detached through {job.profile.executor}")
+        outcome = submit_and_wait(
+            job,
+            resolved_config=prepared.resolved_yaml,
+            cache_key=prepared.cache_key,
+            work_dir=prepared.work_url,
+            store=store,
+            detached=True,
+            on_line=logger.info,
+            extra_secret_env=_wandb_secret(wandb),
+        )
+        results.append(
+            Submission(stage=stage.id, status="submitted", experiment_id=outcome.experiment_id, job_id=outcome.job_id, detail=outcome.state)
+        )
+    return results
+
+
+@flow(name="nano3-submit", log_prints=False)
+def submit_flow(config: str, batch: str, stages: list[str], overrides: list[str]) -> list[Submission]:
+    """The detached counterpart of the nano3 flow: submits and returns."""
+    options = RunOptions(config=config, batch=batch, overrides=tuple(overrides))
+    context = resolve_context(options)
+    check_detachable(context)
+    jobs = stage_jobs(context, [STAGES_BY_ID[s] for s in stages])
+    return submit_jobs(jobs, open_store(context.artifacts), context.wandb)

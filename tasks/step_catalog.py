@@ -1,0 +1,227 @@
+"""The steps catalog: one manifest per step, `tasks/steps/<id>/step.toml`, as in the seeds.
+
+A manifest is data: what the step consumes and produces (checked against the one list of
+artifact types in tasks.stages), its configs and parameters, and how it runs here: as a stage
+of the nano3 pipeline (`stage`, with the runtime `backend` its configs select), or as a tool
+that runs in this process (`tool`). A step this project has no runtime for says what it needs
+(`requires`) and is refused by `steps run` instead of pretending to work.
+
+Loading is cheap (tomllib and pydantic, no YAML, no NeMo-Run): `nemotron steps list` reads every
+manifest on each call and still answers in well under a second.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from blocks.errors import ConfigError, did_you_mean
+from tasks.stages import ARTIFACT_TYPES, STAGES_BY_ID, Stage
+
+CATALOG_ROOT = Path(__file__).resolve().parent / "steps"
+MANIFEST_NAME = "step.toml"
+#: Steps that run in this process instead of as a job: the CLI maps each name to its function.
+TOOLS = ("env_toml",)
+#: Where a bad step id or filter came from (tasks.job_config.COMMAND_LINE, whose module loads
+#: omegaconf and Prefect: `steps list` needs neither).
+COMMAND_LINE = "command line"
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArtifactRef(_Entry):
+    type: str
+    description: str = ""
+    required: bool = True
+
+
+class Parameter(_Entry):
+    #: A dotted key of the step's configs, overridable as `name=value`.
+    name: str
+    description: str = ""
+
+
+class StepInfo(_Entry):
+    """The [step] table."""
+
+    id: str
+    name: str
+    category: str
+    description: str
+    tags: tuple[str, ...] = ()
+    #: The nano3 stage this step runs as (tasks.stages), or None for a tool.
+    stage: str | None = None
+    #: The runtime backend its configs select (`run.backend`); None where the script takes both.
+    backend: Literal["hf", "megatron"] | None = None
+    tool: str | None = None
+    configs: tuple[str, ...]
+    default_config: str
+    #: Set when this project cannot run the step: the runtime it needs and does not ship.
+    requires: str | None = None
+
+
+class StepManifest(_Entry):
+    step: StepInfo
+    consumes: tuple[ArtifactRef, ...] = ()
+    produces: tuple[ArtifactRef, ...] = Field(min_length=1)
+    parameters: tuple[Parameter, ...] = ()
+    #: The folder holding step.toml (and config/ for a tool's own configs).
+    folder: Path
+
+    @model_validator(mode="after")
+    def _runs_one_way(self) -> StepManifest:
+        if (self.step.stage is None) == (self.step.tool is None):
+            raise ValueError("a step runs either as a `stage` or as a `tool`: set exactly one")
+        if self.step.default_config not in self.step.configs:
+            raise ValueError(f"default_config {self.step.default_config!r} is not one of configs")
+        return self
+
+    # --- convenient views -------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self.step.id
+
+    @property
+    def summary(self) -> str:
+        """The description's first sentence, for one-line listings."""
+        text = " ".join(self.step.description.split())
+        return text.split(". ")[0].rstrip(".") + "."
+
+    @property
+    def runnable(self) -> bool:
+        return self.step.requires is None
+
+    @property
+    def stage(self) -> Stage | None:
+        return STAGES_BY_ID[self.step.stage] if self.step.stage else None
+
+    @property
+    def config_dir(self) -> Path:
+        """A stage step's configs are its recipe's; a tool's sit beside its manifest."""
+        stage = self.stage
+        return stage.config_dir if stage is not None else self.folder / "config"
+
+    def config_path(self, name: str) -> Path:
+        return self.config_dir / f"{name}.yaml"
+
+    def consumed_types(self) -> set[str]:
+        return {ref.type for ref in self.consumes}
+
+    def produced_types(self) -> set[str]:
+        return {ref.type for ref in self.produces}
+
+
+def _check_types(manifest: StepManifest, file: str) -> None:
+    for section, refs in (("consumes", manifest.consumes), ("produces", manifest.produces)):
+        for ref in refs:
+            if ref.type not in ARTIFACT_TYPES:
+                raise ConfigError(
+                    f"unknown artifact type {ref.type!r}",
+                    file=file,
+                    section=section,
+                    key="type",
+                    hint=did_you_mean(ref.type, ARTIFACT_TYPES) or f"types: {', '.join(ARTIFACT_TYPES)}",
+                )
+
+
+def _check_links(manifest: StepManifest, file: str, relative_id: str) -> None:
+    info = manifest.step
+    if info.id != relative_id:
+        raise ConfigError(f"id {info.id!r} does not match the manifest's folder {relative_id!r}", file=file, section="step", key="id")
+    if info.tool is not None and info.tool not in TOOLS:
+        raise ConfigError(f"unknown tool {info.tool!r}", file=file, section="step", key="tool", hint=f"tools: {', '.join(TOOLS)}")
+    if info.stage is None:
+        return
+    stage = STAGES_BY_ID.get(info.stage)
+    if stage is None:
+        raise ConfigError(
+            f"unknown stage {info.stage!r}",
+            file=file,
+            section="step",
+            key="stage",
+            hint=did_you_mean(info.stage, STAGES_BY_ID) or f"stages: {', '.join(STAGES_BY_ID)}",
+        )
+    # A step is a way to run its stage: the stage's neighbours rely on these types.
+    declared = {kind for _, kind in stage.consumes}
+    if manifest.consumed_types() != declared:
+        raise ConfigError(
+            f"consumes {sorted(manifest.consumed_types())}, but stage {stage.id} consumes {sorted(declared)}",
+            file=file,
+            section="consumes",
+        )
+    if manifest.produced_types() != {stage.produces}:
+        raise ConfigError(
+            f"produces {sorted(manifest.produced_types())}, but stage {stage.id} produces {stage.produces}",
+            file=file,
+            section="produces",
+        )
+
+
+def load_manifest(path: Path, root: Path = CATALOG_ROOT) -> StepManifest:
+    """One step.toml, validated; every problem is a ConfigError naming the file and the key."""
+    file = str(path)
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"malformed TOML: {exc}", file=file) from None
+    try:
+        manifest = StepManifest.model_validate({**data, "folder": path.parent})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first["loc"]]
+        section = loc[0] if loc else None
+        key = ".".join(p for p in loc[1:] if not p.isdigit()) or None
+        raise ConfigError(first["msg"].removeprefix("Value error, "), file=file, section=section, key=key) from None
+    _check_types(manifest, file)
+    _check_links(manifest, file, path.parent.relative_to(root).as_posix())
+    return manifest
+
+
+@cache
+def load_catalog(root: Path = CATALOG_ROOT) -> tuple[StepManifest, ...]:
+    """Every manifest under `root`, ordered by category then id."""
+    manifests = [load_manifest(path, root) for path in sorted(root.rglob(MANIFEST_NAME))]
+    seen: dict[str, Path] = {}
+    for manifest in manifests:
+        if manifest.id in seen:
+            raise ConfigError(f"step id {manifest.id!r} is declared twice", file=str(manifest.folder / MANIFEST_NAME))
+        seen[manifest.id] = manifest.folder
+    return tuple(sorted(manifests, key=lambda m: (m.step.category, m.id)))
+
+
+def find_step(step_id: str, root: Path = CATALOG_ROOT) -> StepManifest:
+    """A step by id; an unknown id is an error with the closest match and where to look."""
+    catalog = {m.id: m for m in load_catalog(root)}
+    if step_id in catalog:
+        return catalog[step_id]
+    raise ConfigError(
+        f"unknown step '{step_id}'",
+        file=COMMAND_LINE,
+        hint=did_you_mean(step_id, catalog) or "`nemotron steps list` shows every step",
+    )
+
+
+def check_artifact_type(kind: str, option: str) -> str:
+    """A --produces/--consumes value: a typo must not silently match nothing."""
+    if kind not in ARTIFACT_TYPES:
+        raise ConfigError(
+            f"unknown artifact type '{kind}'",
+            file=COMMAND_LINE,
+            key=option,
+            hint=did_you_mean(kind, ARTIFACT_TYPES) or f"types: {', '.join(ARTIFACT_TYPES)}",
+        )
+    return kind
+
+
+def runnable_alternative(manifest: StepManifest, root: Path = CATALOG_ROOT) -> StepManifest | None:
+    """The step that runs the same stage here, for a step that cannot run."""
+    for other in load_catalog(root):
+        if other.runnable and other.step.stage == manifest.step.stage and other.id != manifest.id:
+            return other
+    return None
