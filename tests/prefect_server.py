@@ -30,6 +30,8 @@ def prefect_server(home: Path, *, database_url: str | None = None, timeout: floa
     port = free_port()
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.pop("PREFECT_API_URL", None)
+    # `--port` does not reach the UI's idea of where the API is (it keeps 4200).
+    env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     home.mkdir(parents=True, exist_ok=True)

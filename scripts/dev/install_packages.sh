@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages the local Slurm, MariaDB (for sacct) and PostgreSQL need.
+# Install the Debian packages the local Slurm, MariaDB (for sacct) and PostgreSQL need, and the
+# headless Chromium (with its matching chromedriver) that the UI tests look at the Prefect UI with.
 #
 # Idempotent and quiet: packages already installed are skipped, and nothing is fetched when all
 # are present. The packages' own services are kept from starting while they install (a
@@ -7,7 +8,7 @@
 # a folder of their choosing; a system-wide slurmctld or mariadbd would hold the default ports.
 set -euo pipefail
 
-PACKAGES=(slurm-wlm slurmctld slurmd slurmdbd munge mariadb-server postgresql)
+PACKAGES=(slurm-wlm slurmctld slurmd slurmdbd munge mariadb-server postgresql chromium chromium-driver)
 
 installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]

@@ -1,4 +1,5 @@
-"""Real local services for tests: a Slurm with accounting and fake GPUs, an S3 server, a PostgreSQL.
+"""Real local services for tests: a Slurm with accounting and fake GPUs, an S3 server, a PostgreSQL,
+and a headless Chromium to look at the Prefect UI with.
 
 Each is started once per test session by the same functions as scripts/dev/local_*.py and
 stopped, by its pid files, at the end. A machine without the programs skips these tests with
@@ -13,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,6 +25,11 @@ from local_daemons import MissingPrerequisite  # noqa: E402
 from local_postgres import PostgresServer, start_postgres, stop_postgres  # noqa: E402
 from local_s3 import S3Server, start_s3, stop_s3  # noqa: E402
 from local_slurm import SlurmCluster, start_slurm, stop_slurm  # noqa: E402
+
+from tests.infra.chromium import start_chromium  # noqa: E402
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 #: Fake GPUs on the test cluster's node: enough for a job to ask for one and another to ask for two.
 TEST_GPUS = 2
@@ -85,3 +92,16 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """`postgresql+asyncpg://…/prefect`, for PREFECT_API_DATABASE_CONNECTION_URL."""
     return postgres_server.url
+
+
+@pytest.fixture
+def chromium() -> Iterator[WebDriver]:
+    """Headless Chromium through Selenium, a fresh profile per test."""
+    try:
+        driver = start_chromium()
+    except MissingPrerequisite as missing:
+        pytest.skip(str(missing))
+    try:
+        yield driver
+    finally:
+        driver.quit()
