@@ -28,7 +28,7 @@ KEY_METRICS = {
     "sft": ("exact_match_start", "exact_match"),
     "rl": ("exact_match_start", "exact_match"),
     "convert": ("max_abs_logit_diff",),
-    "eval": ("exact_match", "baseline_exact_match", "bits_per_byte"),
+    "eval": ("exact_match", "baseline_exact_match", "bits_per_byte", "baseline_bits_per_byte"),
 }
 
 

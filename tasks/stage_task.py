@@ -28,6 +28,10 @@ from tasks.job_config import JobConfig
 from tasks.submit import submit_and_wait
 
 
+#: Jobs one stage may chain when each reaches the scheduler's time limit (each resumes the last).
+MAX_CHAINED_JOBS = 50
+
+
 class StageFailed(Exception):
     """The job ended without a manifest: the stage did not finish, whatever its exit code."""
 
@@ -162,18 +166,25 @@ def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig
     status: Literal["ran", "cached", "reattached"] = "cached"
     if store.read_manifest(prepared.output_url) is None:
         logger.info(f"{prepared.stage_id}: cache key {prepared.cache_key}, submitting through {prepared.job.profile.executor}")
-        outcome = submit_and_wait(
-            prepared.job,
-            resolved_config=prepared.resolved_yaml,
-            cache_key=prepared.cache_key,
-            work_dir=prepared.work_url,
-            store=store,
-            detached=detached,
-            on_line=ProgressReporter(prepared.stage_id),
-            extra_secret_env={"WANDB_API_KEY": wandb.api_key.get_secret_value()}
-            if wandb is not None and wandb.api_key is not None
-            else {},
+        reporter = ProgressReporter(prepared.stage_id)
+        secret_env = (
+            {"WANDB_API_KEY": wandb.api_key.get_secret_value()} if wandb is not None and wandb.api_key is not None else {}
         )
+        for chained in range(1, MAX_CHAINED_JOBS + 1):
+            outcome = submit_and_wait(
+                prepared.job,
+                resolved_config=prepared.resolved_yaml,
+                cache_key=prepared.cache_key,
+                work_dir=prepared.work_url,
+                store=store,
+                detached=detached,
+                on_line=reporter,
+                extra_secret_env=secret_env,
+            )
+            if not outcome.stopped_by_time_limit or store.read_manifest(prepared.output_url) is not None:
+                break
+            # A time limit is progress, not a failure: the next job resumes from the checkpoint.
+            logger.info(f"{prepared.stage_id}: job {outcome.job_id} reached its time limit; submitting job {chained + 1}")
         status = "reattached" if outcome.reattached else "ran"
         if store.read_manifest(prepared.output_url) is None:
             tail = "\n".join(outcome.log_tail[-20:])

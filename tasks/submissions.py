@@ -100,6 +100,9 @@ def open_experiment(record: SubmissionRecord) -> Any:
     import nemo_run as run
     from nemo_run.config import get_nemorun_home
 
+    from tasks.submit import follow_nemorun_home
+
+    follow_nemorun_home()
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # NeMo-Run prints banners while loading
             return run.Experiment.from_id(record.experiment_id)

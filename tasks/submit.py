@@ -30,6 +30,9 @@ from tasks.submission import launcher_for, recipe_task
 
 ACTIVE = {"SUBMITTED", "PENDING", "RUNNING", "UNKNOWN_ACTIVE"}
 POLL_SECONDS = 1.0
+#: Slurm end states that mean "stopped from outside, not broken": the job is resubmitted and the
+#: recipe resumes from its checkpoint, without using up a retry.
+RESUBMITTED_STATES = ("TIMEOUT", "PREEMPTED", "NODE_FAIL")
 # The job's whole output, best first: NeMo-Run local's stdout+stderr, Slurm's, then stdout alone
 # (torchrun also writes a per-rank stdout.log below the job folder: following two files at once
 # would repeat every line).
@@ -49,6 +52,10 @@ class JobOutcome:
     @property
     def succeeded(self) -> bool:
         return self.state == "SUCCEEDED"
+
+    @property
+    def stopped_by_time_limit(self) -> bool:
+        return self.state == "TIMEOUT"
 
 
 def _state(exp: Any) -> tuple[str, str | None, str | None]:
@@ -93,6 +100,17 @@ class LogTail:
             line = LINE_PREFIX.sub("", raw)
             self.last = (self.last + [line])[-40:]
             self.on_line(line)
+
+
+def follow_nemorun_home() -> None:
+    """NeMo-Run's Slurm scheduler fixes its job-id index (`.slurm_jobs`) under the NEMORUN_HOME of
+    import time; set_nemorun_home() later does not move it. A process that changes homes (a test
+    suite, a worker serving several users) would look up its jobs in the wrong index and wait
+    forever on a job it cannot see."""
+    from nemo_run.config import get_nemorun_home
+    from nemo_run.run.torchx_backend.schedulers import slurm as slurm_scheduler
+
+    slurm_scheduler.SLURM_JOB_DIRS = os.path.join(get_nemorun_home(), ".slurm_jobs")
 
 
 def _reattach(record: SubmissionRecord, job: JobConfig) -> Any | None:
@@ -185,6 +203,22 @@ def _ship_secrets(tunnel: Any, path: str, secrets: dict[str, str]) -> None:
             os.unlink(handle.name)
 
 
+def _slurm_end_state(exp: Any, job_id: str | None) -> str | None:
+    """Slurm's own word for how a job ended (TIMEOUT, PREEMPTED, FAILED…), which NeMo-Run folds
+    into FAILED: a job stopped by its time limit made progress and is resubmitted, not retried."""
+    executor = exp.jobs[0].executor if exp.jobs else None
+    tunnel = getattr(executor, "tunnel", None)
+    if tunnel is None or not job_id or type(executor).__name__ != "SlurmExecutor":
+        return None
+    for _ in range(5):  # right after a job ends, sacct may not list it for a second or two
+        result = tunnel.run(f"sacct --noheader --parsable2 -X --format=State -j {shlex.quote(job_id)}", warn=True, in_stream=False)
+        words = (result.stdout or "").split()
+        if words:
+            return words[0]
+        time.sleep(1)
+    return None
+
+
 def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool) -> JobOutcome:
     state, job_id, local_dir = _state(exp)
     tail = LogTail(local_dir, on_line)
@@ -194,6 +228,8 @@ def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool) -> JobOutc
         state, job_id, local_dir = _state(exp)
         tail.folder = Path(local_dir) if local_dir else tail.folder
     tail.poll()
+    if state == "FAILED" and (_slurm_end_state(exp, job_id) or "").startswith(RESUBMITTED_STATES):
+        state = "TIMEOUT"
     return JobOutcome(state, exp._id, job_id, reattached, tail.last)
 
 
@@ -215,6 +251,7 @@ def submit_and_wait(
     """
     import nemo_run as run
 
+    follow_nemorun_home()
     previous = store.read_record(cache_key)
     exp = _reattach(previous, job) if previous else None
     if exp is not None:

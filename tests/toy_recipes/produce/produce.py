@@ -4,6 +4,7 @@
 """
 
 import json
+import os
 import sys
 import time
 
@@ -31,7 +32,12 @@ def main() -> None:
     with (ctx.output_dir / "numbers.jsonl").open("w") as out:
         for i in range(cfg.steps):
             out.write(json.dumps({"n": i * cfg.scale}) + "\n")
-    runtime.finish(ctx, "raw_jsonl", metrics={"steps": cfg.steps, "sum": sum(i * cfg.scale for i in range(cfg.steps))})
+    runtime.finish(
+        ctx,
+        "raw_jsonl",
+        metrics={"steps": cfg.steps, "sum": sum(i * cfg.scale for i in range(cfg.steps))},
+        metadata={"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")},
+    )
 
 
 if __name__ == "__main__":

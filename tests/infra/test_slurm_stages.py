@@ -1,0 +1,165 @@
+"""Stages on a real Slurm (slurmctld, slurmd, slurmdbd) through the slurm profile and the stage task.
+
+What users of Slurm pipeline tools ask for, checked against sacct: logs while waiting, a failing
+job failing the stage with its log, GPUs from GRES, a killed orchestrator re-attaching to its job
+instead of submitting another, and a stage longer than the time limit finishing over chained jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from tasks.artifacts import ArtifactStore
+from tasks.stage_task import StageFailed, prepare_stage, run_stage
+from tests.infra.slurm_commands import sacct_row, slurm_env
+from tests.infra.slurm_stages import CONSUME, PRODUCE, slurm_job, slurm_toy_flow
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server() -> Iterator[str]:
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def cluster(slurm_cluster, monkeypatch: pytest.MonkeyPatch, isolated: Path, request: pytest.FixtureRequest):  # noqa: ANN001, ANN201
+    """The cluster, as seen by a user whose shell has this project's environment active."""
+    for name, value in slurm_cluster.env.items():
+        monkeypatch.setenv(name, value)
+    # sbatch passes the submitter's environment on: the job's `python` is this environment's.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    # NeMo-Run runs sbatch/sacct through invoke, which mirrors stdin: give it a real (empty) one
+    # instead of pytest's capture object, as a shell or a worker process would.
+    devnull = open(os.devnull)  # noqa: SIM115 - closed at teardown
+    request.addfinalizer(devnull.close)
+    monkeypatch.setattr(sys, "stdin", devnull)
+    from nemo_run.config import set_nemorun_home
+
+    set_nemorun_home(str(isolated / "nemorun"))
+    monkeypatch.setenv("NEMORUN_HOME", str(isolated / "nemorun"))
+    return slurm_cluster
+
+
+@pytest.fixture
+def store(isolated: Path) -> ArtifactStore:
+    return ArtifactStore(str(isolated / "store"))
+
+
+def job_dir(isolated: Path) -> Path:
+    return isolated / "nemorun" / "experiments"
+
+
+def prefect_logs() -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import LogSort
+
+    with get_client(sync_client=True) as client:
+        return "\n".join(log.message for log in client.read_logs(limit=200, sort=LogSort.TIMESTAMP_DESC))
+
+
+def test_stages_run_as_slurm_jobs_and_stream_their_logs(cluster, store: ArtifactStore, isolated: Path) -> None:  # noqa: ANN001
+    results = slurm_toy_flow([slurm_job(PRODUCE, job_dir(isolated)), slurm_job(CONSUME, job_dir(isolated))], store)
+    assert [r.status for r in results] == ["ran", "ran"]
+    assert results[1].artifact.metrics == {"total": 6}
+    for result in results:
+        record = store.read_record(result.artifact.cache_key)
+        assert record is not None and record.executor == "slurm" and record.job_id
+        assert sacct_row(cluster, record.job_id) == {"State": "COMPLETED", "ExitCode": "0:0"}
+    assert "step 3/3 value=6" in prefect_logs()  # the job's progress, read from its Slurm log while it ran
+
+
+def test_a_failing_job_fails_the_stage_with_its_log(cluster, store: ArtifactStore, isolated: Path) -> None:  # noqa: ANN001
+    prepared = prepare_stage(slurm_job(PRODUCE, job_dir(isolated), "fail_at=1"), store, {})
+
+    @flow
+    def failing() -> None:
+        run_stage.with_options(retries=0)(prepared, store, None)
+
+    with pytest.raises(StageFailed) as info:
+        failing()
+    record = store.read_record(prepared.cache_key)
+    assert record is not None and record.job_id
+    assert f"job {record.job_id} ended FAILED without a manifest" in str(info.value)
+    assert "injected failure at step 1" in str(info.value)
+    assert sacct_row(cluster, record.job_id) == {"State": "FAILED", "ExitCode": "3:0"}
+    assert not Path(prepared.output_url, "manifest.json").exists()
+
+
+def test_a_gpu_stage_gets_its_gpus_from_gres(cluster, store: ArtifactStore, isolated: Path) -> None:  # noqa: ANN001
+    (result,) = slurm_toy_flow([slurm_job(PRODUCE, job_dir(isolated), gpus_per_node=1)], store)
+    manifest = store.read_manifest(result.artifact.uri)
+    assert manifest is not None and manifest.metadata["cuda_visible_devices"] == "0"
+    record = store.read_record(result.artifact.cache_key)
+    assert record is not None and record.job_id
+    assert "gres/gpu=1" in sacct_row(cluster, record.job_id, "State,AllocTRES")["AllocTRES"]
+
+
+def sacct_jobs(cluster, name: str) -> list[str]:  # noqa: ANN001
+    shown = subprocess.run(["sacct", "-n", "-X", "-P", "--name", name, "-o", "JobID,State", "-S", "now-1hour"],
+                           env=slurm_env(cluster), capture_output=True, text=True, timeout=30)
+    return [line for line in shown.stdout.splitlines() if line]
+
+
+def test_a_killed_orchestrator_reattaches_to_its_running_job(cluster, store: ArtifactStore, isolated: Path,
+                                                             prefect_server: str) -> None:  # noqa: ANN001
+    overrides = ("steps=20", "sleep=0.5", "scale=11")
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(PROJECT)}
+    orchestrator = subprocess.Popen(
+        [sys.executable, "-m", "tests.infra.slurm_stages", store.root, str(job_dir(isolated)), *overrides],
+        cwd=isolated, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    runs = Path(store.root, "_runs")
+    deadline = time.monotonic() + 120
+    while not list(runs.glob("*.json")):
+        assert orchestrator.poll() is None and time.monotonic() < deadline, "no submission recorded"
+        time.sleep(0.5)
+    (record_file,) = runs.glob("*.json")
+    record = json.loads(record_file.read_text())
+    orchestrator.send_signal(signal.SIGKILL)
+    orchestrator.wait()
+    # The job is Slurm's, not a child of the killed process: it keeps running.
+    running = subprocess.run(["squeue", "-h", "-j", record["job_id"], "-o", "%T"], env=slurm_env(cluster),
+                             capture_output=True, text=True, timeout=30)
+    assert running.stdout.strip() in {"PENDING", "RUNNING"}, running.stdout + running.stderr
+    (result,) = slurm_toy_flow([slurm_job(PRODUCE, job_dir(isolated), *overrides)], store)
+    assert result.status == "reattached"
+    assert result.artifact.metrics["sum"] == 11 * sum(range(20))
+    after = json.loads(record_file.read_text())
+    assert after["job_id"] == record["job_id"] and after["attempt"] == 1, "no second submission"
+    assert [line.split("|")[0] for line in sacct_jobs(cluster, "root-root.toy-produce")].count(record["job_id"]) == 1
+    assert sacct_row(cluster, record["job_id"]) == {"State": "COMPLETED", "ExitCode": "0:0"}
+
+
+@pytest.mark.timeout(900)
+def test_a_stage_longer_than_the_time_limit_finishes_over_chained_jobs(cluster, store: ArtifactStore,
+                                                                       isolated: Path) -> None:  # noqa: ANN001
+    # One minute of walltime per job (Slurm's smallest), 100 s of work with a checkpoint per step.
+    (result,) = slurm_toy_flow(
+        [slurm_job(PRODUCE, job_dir(isolated), "steps=100", "sleep=1.0", "scale=5", time="00:01:00")], store
+    )
+    assert result.status == "ran"
+    assert result.artifact.metrics["sum"] == 5 * sum(range(100))
+    record = store.read_record(result.artifact.cache_key)
+    assert record is not None and record.attempt >= 2, "the time limit stopped the first job"
+    logs = prefect_logs()
+    assert "reached its time limit; submitting job 2" in logs
+    assert "resumed from step" in logs
+    states = [sacct_row(cluster, str(job))["State"] for job in range(int(record.job_id) - record.attempt + 1,
+                                                                       int(record.job_id) + 1)]
+    assert states[-1] == "COMPLETED" and all(s == "TIMEOUT" for s in states[:-1]), states
