@@ -32,7 +32,7 @@ assert check() == 42
 def test_a_prefect_server_on_postgres_records_a_flow_run(postgres_server: PostgresServer, postgres_url: str,
                                                           tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     server_home = tmp_path / "server"
@@ -43,12 +43,13 @@ def test_a_prefect_server_on_postgres_records_a_flow_run(postgres_server: Postgr
         assert ran.returncode == 0, ran.stderr[-2000:]
         with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
             runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["infra-postgres-check"])))
-            task_runs = client.read_task_runs()
+            # The database is the session's: other tests' runs may be in it too.
+            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])))
 
     assert [run.state.type.value for run in runs] == ["COMPLETED"]
     assert [run.name.split("-")[0] for run in task_runs] == ["add"]
     assert not (server_home / "prefect.db").exists()  # no SQLite fallback: the rows are in PostgreSQL
-    assert _sql(postgres_server, "SELECT count(*) FROM flow_run") == "1"
+    assert _sql(postgres_server, f"SELECT count(*) FROM flow_run WHERE id = '{runs[0].id}'") == "1"
 
 
 def test_the_command_line_prints_the_url_and_starting_twice_is_harmless() -> None:
