@@ -28,7 +28,14 @@ def nano3_pipeline(
     jobs = stage_jobs(context, selected)
     store = open_store(context.artifacts)
     logger.info(f"profile {context.profile.name} ({context.profile.origin}), config {config}, store {store.root}")
-    return execute_stages(jobs, store, context.wandb, detached=options.detached)
+    if options.detached:
+        # A scheduled run with `batch` submits what can start and returns; the next run (or
+        # `nemotron nano3 pipe -b` again) publishes what finished and submits what follows.
+        from flows.detached import check_detachable, submit_jobs
+
+        check_detachable(context)
+        return submit_jobs(jobs, store, context.wandb)  # type: ignore[return-value]
+    return execute_stages(jobs, store, context.wandb)
 
 
 def execute_stages(
