@@ -8,8 +8,14 @@ Layout under the store's root (any fsspec URL; a local folder by default, `s3://
     <root>/_registry/<name>/latest.json     the alias, replaced atomically
     <root>/_runs/<cache_key>.json           the submission record: which job is computing that key
 
-Versions are created with an exclusive create on local disks (two publishers race for v<N>; the
-loser takes v<N+1>), so concurrent runs never clobber each other.
+Versions are created with an exclusive create (a hard link on local disks, a conditional PUT on
+S3: two publishers race for v<N>; the loser takes v<N+1>), so concurrent runs never clobber each
+other.
+
+On a remote store (`s3://…`) the work folders are not in the store: checkpoints stay on the job's
+file system, under `$NANO3_SCRATCH/work/<bucket>/<prefix>/_work/<stage>/<cache_key>` (default
+scratch ~/.cache/nano3), so a resubmitted job on the same file system resumes from them. The
+store's credentials reach jobs as secret env vars (job_secret_env), never in their config.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pydantic import BaseModel, Field
 from blocks.errors import ConfigError
 from blocks.settings import ArtifactsConfig
 from recipes.nano3.manifest import MANIFEST_NAME, Manifest
+from recipes.nano3.runtime import ENDPOINT_VAR, scratch_path
 
 REF_PATTERN = re.compile(r"^(?:art://)?(?P<name>[A-Za-z0-9_.-]+)(?::(?P<version>latest|v\d+))?$")
 
@@ -75,8 +82,12 @@ class ArtifactStore:
         if "://" not in root:
             root = str(Path(root).expanduser().resolve())
         self.root = root.rstrip("/")
-        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
+        self.storage_options = dict(storage_options or {})
+        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **self.storage_options)
         self.is_local = self.fs.protocol in ("file", "local") or "file" in self.fs.protocol
+
+    def __repr__(self) -> str:  # never the storage options: they hold credentials
+        return f"ArtifactStore({self.root!r})"
 
     # --- paths ----------------------------------------------------------------------------
     def url(self, *parts: str) -> str:
@@ -89,12 +100,42 @@ class ArtifactStore:
         return self.url(stage_slug, cache_key)
 
     def work_url(self, stage_slug: str, cache_key: str) -> str:
-        return self.url("_work", stage_slug, cache_key)
+        """Checkpoints and scratch: in the store if it is a folder, else on the local file system."""
+        if self.is_local:
+            return self.url("_work", stage_slug, cache_key)
+        return str(scratch_path("work", self.url("_work", stage_slug, cache_key)))
+
+    def _fs_path(self, url: str) -> tuple[Any, str]:
+        """The file system and path of a URL: this store's own (with its credentials) when under its root."""
+        if url == self.root or url.startswith(self.root + "/"):
+            return self.fs, self._path(*[p for p in url[len(self.root):].split("/") if p])
+        if "://" in url:
+            return fsspec.core.url_to_fs(url)
+        return self.fs, url
+
+    def _fresh(self, path: str) -> None:
+        """Other processes write the store: never answer from a remote file system's listing cache."""
+        if not self.is_local:
+            self.fs.invalidate_cache(path)
+
+    def job_secret_env(self) -> dict[str, str]:
+        """The store's credentials as the env vars a job's s3fs/botocore reads (passed as secret env)."""
+        if not self.root.startswith(("s3://", "s3a://")):
+            return {}
+        options = self.storage_options
+        env = {
+            "AWS_ACCESS_KEY_ID": options.get("key"),
+            "AWS_SECRET_ACCESS_KEY": options.get("secret"),
+            ENDPOINT_VAR: (options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url"),
+            "AWS_DEFAULT_REGION": (options.get("client_kwargs") or {}).get("region_name"),
+        }
+        return {name: str(value) for name, value in env.items() if value}
 
     # --- manifests ------------------------------------------------------------------------
     def read_manifest(self, output_url: str) -> Manifest | None:
-        path = f"{output_url}/{MANIFEST_NAME}"
-        fs, p = fsspec.core.url_to_fs(path) if "://" in path else (self.fs, path)
+        fs, p = self._fs_path(f"{output_url}/{MANIFEST_NAME}")
+        if fs is self.fs:
+            self._fresh(p)
         if not fs.exists(p):
             return None
         with fs.open(p, "rb") as handle:
@@ -102,7 +143,9 @@ class ArtifactStore:
 
     def verify(self, name: str, output_url: str, manifest: Manifest) -> None:
         """Recompute every file's sha256; the first mismatch is an error naming artifact and file."""
-        fs, base = fsspec.core.url_to_fs(output_url) if "://" in output_url else (self.fs, output_url)
+        fs, base = self._fs_path(output_url)
+        if fs is self.fs:
+            self._fresh(base)
         for entry in manifest.files:
             path = f"{base}/{entry.path}"
             if not fs.exists(path):
@@ -120,6 +163,7 @@ class ArtifactStore:
     # --- registry -------------------------------------------------------------------------
     def _versions(self, name: str) -> list[int]:
         folder = self._path("_registry", name)
+        self._fresh(folder)
         if not self.fs.exists(folder):
             return []
         found = []
@@ -130,6 +174,7 @@ class ArtifactStore:
         return sorted(found)
 
     def _read_json(self, path: str) -> dict[str, Any] | None:
+        self._fresh(path)
         if not self.fs.exists(path):
             return None
         with self.fs.open(path, "rb") as handle:
@@ -197,8 +242,18 @@ class ArtifactStore:
                 return False
             finally:
                 os.unlink(tmp)
+        self._fresh(path)
         if self.fs.exists(path):
             return False
+        if "s3" in self.fs.protocol:
+            try:  # a conditional PUT (If-None-Match): the server refuses it if another publisher won
+                self.fs.pipe_file(path, text.encode(), mode="create")
+            except OSError:  # FileExistsError, or the server's "pre-conditions did not hold"
+                self._fresh(path)
+                if self.fs.exists(path):
+                    return False
+                raise
+            return True
         self.fs.pipe_file(path, text.encode())
         return True
 
@@ -238,9 +293,12 @@ def open_store(settings: ArtifactsConfig | None) -> ArtifactStore:
     """The store of env.toml's [artifacts] (or its block); NANO3_ARTIFACTS_ROOT; else ./.nano3/artifacts."""
     root = (settings.root if settings else None) or os.environ.get("NANO3_ARTIFACTS_ROOT") or DEFAULT_ROOT
     options: dict[str, Any] = {}
-    if settings and root.startswith("s3://"):
-        if settings.endpoint_url:
-            options["client_kwargs"] = {"endpoint_url": settings.endpoint_url}
+    if settings and root.startswith(("s3://", "s3a://")):
+        client_kwargs = {
+            k: v for k, v in (("endpoint_url", settings.endpoint_url), ("region_name", settings.region)) if v
+        }
+        if client_kwargs:
+            options["client_kwargs"] = client_kwargs
         if settings.access_key_id:
             options["key"] = settings.access_key_id
         if settings.secret_access_key is not None:

@@ -170,6 +170,7 @@ def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig
         secret_env = (
             {"WANDB_API_KEY": wandb.api_key.get_secret_value()} if wandb is not None and wandb.api_key is not None else {}
         )
+        secret_env.update(store.job_secret_env())  # a remote store's credentials, for the recipe's s3fs
         for chained in range(1, MAX_CHAINED_JOBS + 1):
             outcome = submit_and_wait(
                 prepared.job,

@@ -13,6 +13,22 @@ The resolved config's `run` block, as the task writes it:
       seed: 1234
       inputs:
         data: {name: nano3-pretrain-data, version: v1, digest: sha256:..., type: binidx, path: /store/...}
+
+Remote stores (`s3://bucket/prefix/...` or any other fsspec URL): the recipe still reads and
+writes local files only, and this module moves them.
+
+- An input whose path is a URL is downloaded, before the recipe starts, to
+  `<scratch>/inputs/<artifact digest>/`; its manifest must carry the digest the orchestrator
+  resolved and every file must match its sha256 and size. A folder already downloaded for that
+  digest is reused.
+- A URL output_dir is staged in `<scratch>/staging/<bucket>/<path>/`; finish() uploads every file
+  and manifest.json last, so a manifest in the store still means "finished".
+- A URL work_dir (the orchestrator gives a local one for remote stores) becomes
+  `<scratch>/work/<bucket>/<path>/`: checkpoints stay on the job's file system.
+
+`<scratch>` is $NANO3_SCRATCH, else ~/.cache/nano3. Credentials come from the job's environment
+only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for S3-compatible servers), which
+the orchestrator passes as secret env: never in the config.
 """
 
 from __future__ import annotations
@@ -26,7 +42,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +54,11 @@ PROGRESS_PREFIX = "NANO3_PROGRESS "
 CHECKPOINT_DONE = "COMPLETE"
 #: Set by the orchestrator for jobs on this machine: the job ends when that process is gone.
 ORCHESTRATOR_PID_VAR = "NANO3_ORCHESTRATOR_PID"
+#: Local folder for downloaded inputs, staged outputs and the work dirs of remote stores.
+SCRATCH_VAR = "NANO3_SCRATCH"
+DEFAULT_SCRATCH = "~/.cache/nano3"
+#: The S3 endpoint for S3-compatible servers (read by botocore too; passed explicitly to s3fs).
+ENDPOINT_VAR = "AWS_ENDPOINT_URL"
 
 
 @dataclass(frozen=True)
@@ -49,11 +70,15 @@ class RecipeContext:
     work_dir: Path
     inputs: dict[str, InputRef]
     seed: int
+    #: Where finish() uploads output_dir to, when run.output_dir is a URL (output_dir is then local staging).
+    output_url: str | None = None
+    #: Local copies of inputs whose path is a URL, by input name.
+    local_inputs: dict[str, Path] = field(default_factory=dict)
 
     def input_path(self, name: str) -> Path:
         if name not in self.inputs:
             raise SystemExit(f"error: config has no input '{name}' (run.inputs.{name}); inputs: {sorted(self.inputs)}")
-        return Path(self.inputs[name].path)
+        return self.local_inputs.get(name) or Path(self.inputs[name].path)
 
 
 def start(argv: list[str] | None = None) -> RecipeContext:
@@ -74,9 +99,12 @@ def start(argv: list[str] | None = None) -> RecipeContext:
     seed = int(run.get("seed", cfg.get("seed", 1234)))
     seed_everything(seed)
     watch_orchestrator()
-    output_dir, work_dir = Path(run.output_dir), Path(run.work_dir)
+    output_url = str(run.output_dir) if is_url(str(run.output_dir)) else None
+    output_dir = scratch_path("staging", output_url) if output_url else Path(run.output_dir)
+    work_dir = scratch_path("work", str(run.work_dir)) if is_url(str(run.work_dir)) else Path(run.work_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
+    local_inputs = {name: fetch_input(name, ref) for name, ref in inputs.items() if is_url(ref.path)}
     return RecipeContext(
         config=cfg,
         config_path=args.config,
@@ -85,7 +113,87 @@ def start(argv: list[str] | None = None) -> RecipeContext:
         work_dir=work_dir,
         inputs=inputs,
         seed=seed,
+        output_url=output_url,
+        local_inputs=local_inputs,
     )
+
+
+# --- remote stores ------------------------------------------------------------------------------
+
+
+def is_url(path: str) -> bool:
+    """A remote location (`s3://…`); plain paths and `file://` URLs are local."""
+    return "://" in path and not path.startswith("file://")
+
+
+def scratch_root() -> Path:
+    return Path(os.environ.get(SCRATCH_VAR) or DEFAULT_SCRATCH).expanduser()
+
+
+def scratch_path(kind: str, url: str) -> Path:
+    """The local folder standing for `url`: `<scratch>/<kind>/<bucket>/<path>`."""
+    rest = url.split("://", 1)[1].strip("/")
+    parts = [p for p in rest.split("/") if p not in ("", ".", "..")]
+    return scratch_root().joinpath(kind, *parts)
+
+
+def remote_fs(url: str):  # noqa: ANN201 - fsspec.AbstractFileSystem
+    """(file system, path) for `url`, with the credentials of the job's environment."""
+    import fsspec
+
+    options: dict[str, Any] = {}
+    if url.startswith(("s3://", "s3a://")) and os.environ.get(ENDPOINT_VAR):
+        options["client_kwargs"] = {"endpoint_url": os.environ[ENDPOINT_VAR]}
+    return fsspec.core.url_to_fs(url, **options)
+
+
+def fetch_input(name: str, ref: InputRef) -> Path:
+    """Download input `name` (an artifact folder at a URL) and check it against its manifest.
+
+    The copy is keyed by the artifact's digest, so it is reused by every later stage and job that
+    consumes the same content; it appears under its final name only once complete.
+    """
+    dest = scratch_root() / "inputs" / ref.digest.removeprefix("sha256:")
+    if (dest / MANIFEST_NAME).is_file():
+        return dest
+    fs, base = remote_fs(ref.path)
+    label = f"input '{name}' ({ref.name}:{ref.version})"
+    try:
+        manifest = Manifest.model_validate_json(fs.cat_file(f"{base}/{MANIFEST_NAME}"))
+    except FileNotFoundError:
+        raise SystemExit(f"error: {label}: no {MANIFEST_NAME} at {ref.path}") from None
+    if manifest.digest != ref.digest:
+        raise SystemExit(f"error: {label}: {ref.path} holds {manifest.digest}, the orchestrator resolved {ref.digest}")
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for entry in manifest.files:
+            target = tmp / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f"{base}/{entry.path}", str(target))
+            if target.stat().st_size != entry.size or sha256_file(target) != entry.sha256:
+                raise SystemExit(f"error: {label}: file {entry.path} does not match its manifest (corrupted in the store?)")
+        (tmp / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another job downloaded the same digest meanwhile
+            if not (dest / MANIFEST_NAME).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"input {name}: {ref.path} -> {dest} ({len(manifest.files)} files, verified)", flush=True)
+    return dest
+
+
+def upload_output(ctx: RecipeContext, manifest: Manifest) -> None:
+    """Copy the staged outputs to ctx.output_url, manifest.json last: its presence means finished."""
+    assert ctx.output_url is not None
+    fs, base = remote_fs(ctx.output_url)
+    base = base.rstrip("/")
+    for entry in manifest.files:
+        fs.put_file(str(ctx.output_dir / entry.path), f"{base}/{entry.path}")
+    fs.put_file(str(ctx.output_dir / MANIFEST_NAME), f"{base}/{MANIFEST_NAME}")
 
 
 def watch_orchestrator(interval: float = 1.0) -> None:
@@ -202,5 +310,10 @@ def finish(
     tmp = ctx.output_dir / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(manifest.model_dump_json(indent=2))
     os.replace(tmp, ctx.output_dir / MANIFEST_NAME)
+    if ctx.output_url:
+        upload_output(ctx, manifest)
+        shutil.rmtree(ctx.output_dir, ignore_errors=True)  # the store has it now; checkpoints stay in work_dir
+        print(f"manifest: {ctx.output_url}/{MANIFEST_NAME} ({len(files)} files, uploaded)", flush=True)
+        return manifest
     print(f"manifest: {ctx.output_dir / MANIFEST_NAME} ({len(files)} files)", flush=True)
     return manifest

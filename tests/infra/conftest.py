@@ -105,3 +105,37 @@ def chromium() -> Iterator[WebDriver]:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[str]:
+    """A Prefect server for the module's flows (and the subprocesses it starts): its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def cluster(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch, isolated: Path,
+            request: pytest.FixtureRequest) -> SlurmCluster:
+    """The cluster, as seen by a user whose shell has this project's environment active."""
+    import os
+
+    for name, value in slurm_cluster.env.items():
+        monkeypatch.setenv(name, value)
+    # sbatch passes the submitter's environment on: the job's `python` is this environment's.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    # NeMo-Run runs sbatch/sacct through invoke, which mirrors stdin: give it a real (empty) one
+    # instead of pytest's capture object, as a shell or a worker process would.
+    devnull = open(os.devnull)  # noqa: SIM115 - closed at teardown
+    request.addfinalizer(devnull.close)
+    monkeypatch.setattr(sys, "stdin", devnull)
+    from nemo_run.config import set_nemorun_home
+
+    # Not below a folder named nemo_run: NeMo-Run rewrites that path component inside jobs.
+    set_nemorun_home(str(isolated / "nemorun"))
+    monkeypatch.setenv("NEMORUN_HOME", str(isolated / "nemorun"))
+    return slurm_cluster

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,33 +26,7 @@ from tests.infra.slurm_stages import CONSUME, PRODUCE, slurm_job, slurm_toy_flow
 PROJECT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server() -> Iterator[str]:
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
-
-
-@pytest.fixture
-def cluster(slurm_cluster, monkeypatch: pytest.MonkeyPatch, isolated: Path, request: pytest.FixtureRequest):  # noqa: ANN001, ANN201
-    """The cluster, as seen by a user whose shell has this project's environment active."""
-    for name, value in slurm_cluster.env.items():
-        monkeypatch.setenv(name, value)
-    # sbatch passes the submitter's environment on: the job's `python` is this environment's.
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    # NeMo-Run runs sbatch/sacct through invoke, which mirrors stdin: give it a real (empty) one
-    # instead of pytest's capture object, as a shell or a worker process would.
-    devnull = open(os.devnull)  # noqa: SIM115 - closed at teardown
-    request.addfinalizer(devnull.close)
-    monkeypatch.setattr(sys, "stdin", devnull)
-    from nemo_run.config import set_nemorun_home
-
-    set_nemorun_home(str(isolated / "nemorun"))
-    monkeypatch.setenv("NEMORUN_HOME", str(isolated / "nemorun"))
-    return slurm_cluster
+pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 @pytest.fixture
@@ -117,9 +90,9 @@ def sacct_jobs(cluster, name: str) -> list[str]:  # noqa: ANN001
 
 
 def test_a_killed_orchestrator_reattaches_to_its_running_job(cluster, store: ArtifactStore, isolated: Path,
-                                                             prefect_server: str) -> None:  # noqa: ANN001
+                                                             prefect_api: str) -> None:  # noqa: ANN001
     overrides = ("steps=20", "sleep=0.5", "scale=11")
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(PROJECT)}
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(PROJECT)}
     orchestrator = subprocess.Popen(
         [sys.executable, "-m", "tests.infra.slurm_stages", store.root, str(job_dir(isolated)), *overrides],
         cwd=isolated, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
