@@ -86,20 +86,33 @@ class LogTail:
                 return max(found, key=lambda p: p.stat().st_mtime)
         return None
 
-    def poll(self) -> None:
+    def drain(self, quiet_seconds: float = 1.0, limit_seconds: float = 10.0) -> None:
+        """After the job ended: its launcher may still be flushing the log (torchx copies a
+        process's output into combined.log): read until the file stays quiet."""
+        deadline = time.monotonic() + limit_seconds
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_seconds:
+            if self.poll():
+                quiet_since = time.monotonic()
+            time.sleep(0.2)
+
+    def poll(self) -> int:
+        """Hand on the new complete lines; returns how many there were."""
         path = self._newest_log()
         if path is None:
-            return
+            return 0
         start = self.offsets.get(path, 0)
         with path.open("rb") as handle:
             handle.seek(start)
             chunk = handle.read()
         complete = chunk.rfind(b"\n") + 1
         self.offsets[path] = start + complete
-        for raw in chunk[:complete].decode(errors="replace").splitlines():
+        lines = chunk[:complete].decode(errors="replace").splitlines()
+        for raw in lines:
             line = LINE_PREFIX.sub("", raw)
             self.last = (self.last + [line])[-40:]
             self.on_line(line)
+        return len(lines)
 
 
 def follow_nemorun_home() -> None:
@@ -227,7 +240,7 @@ def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool) -> JobOutc
         tail.poll()
         state, job_id, local_dir = _state(exp)
         tail.folder = Path(local_dir) if local_dir else tail.folder
-    tail.poll()
+    tail.drain()
     if state == "FAILED" and (_slurm_end_state(exp, job_id) or "").startswith(RESUBMITTED_STATES):
         state = "TIMEOUT"
     return JobOutcome(state, exp._id, job_id, reattached, tail.last)

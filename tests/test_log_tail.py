@@ -41,3 +41,26 @@ def test_no_folder_yet_is_not_an_error(tmp_path: Path) -> None:
     LogTail(str(tmp_path / "not-yet"), lines.append).poll()
     LogTail(None, lines.append).poll()
     assert lines == []
+
+
+def test_lines_written_after_the_job_ended_are_still_read(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    log = tmp_path / "job" / "combined.log"
+    log.parent.mkdir()
+    log.write_text("step 1\n")
+    lines: list[str] = []
+    tail = LogTail(str(tmp_path), lines.append)
+    tail.poll()
+
+    def late_flush() -> None:  # the launcher copies the last output a moment after the job ended
+        time.sleep(0.5)
+        with log.open("a") as handle:
+            handle.write("step 2\nmanifest: out/manifest.json\n")
+
+    writer = threading.Thread(target=late_flush)
+    writer.start()
+    tail.drain(quiet_seconds=1.0, limit_seconds=5.0)
+    writer.join()
+    assert lines == ["step 1", "step 2", "manifest: out/manifest.json"]
