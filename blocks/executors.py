@@ -145,7 +145,9 @@ def _local(target: ExecutionTarget) -> run.Executor:
     return run.LocalExecutor(
         ntasks_per_node=profile.nproc_per_node if torchrun else 1,
         launcher="torchrun" if torchrun else None,
-        env_vars=_env(target),
+        # NeMo-Run writes an executor's env_vars into its experiment folder: secrets reach a local
+        # job through the environment it inherits from this process instead (see tasks.submit).
+        env_vars=_env(target, with_secrets=False),
         packager=build_packager(profile),
     )
 

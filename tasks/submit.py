@@ -145,13 +145,16 @@ def _reattach(record: SubmissionRecord, job: JobConfig) -> Any | None:
     return exp if state in ACTIVE else None
 
 
-def _prepare_local_environment() -> None:
+def _prepare_local_environment(secret_env: dict[str, str]) -> None:
     """Local jobs inherit this process's environment.
 
     - They run `python` and `torchrun` from PATH: make those this environment's, which has the
       recipes' libraries, even when the user did not activate it.
     - They watch this process (recipes.nano3.runtime.watch_orchestrator) and stop when it dies.
+    - They get their secret env vars from it: NeMo-Run would write an executor's env_vars into
+      its experiment folder in clear.
     """
+    os.environ.update(secret_env)
     bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "")
     if path.split(os.pathsep)[0] != bin_dir:
@@ -271,8 +274,6 @@ def submit_and_wait(
         return _wait(exp, on_line, reattached=True)
 
     extra_secret_env = extra_secret_env or {}
-    if isinstance(job.profile, LocalProfile):
-        _prepare_local_environment()
     config_file = Path(work_dir) / "config.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(resolved_config)
@@ -284,6 +285,8 @@ def submit_and_wait(
         extra_secret_env=tuple(sorted(extra_secret_env.items())),
         profile_name=job.profile_name,
     )
+    if isinstance(job.profile, LocalProfile):
+        _prepare_local_environment(target.secret_env())
     executor = build_executor(target)
     _prepare_connection(executor, target)
     # NeMo-Run prints banners and hints to stdout; the job's own log lines go through on_line,

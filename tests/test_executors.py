@@ -22,10 +22,12 @@ def test_local_torchrun_only_for_torchrun_stages() -> None:
     assert single.launcher is None and single.ntasks_per_node == 1
 
 
-def test_local_env_vars_include_secrets_when_running_and_redacted_when_planning() -> None:
+def test_local_executors_never_hold_secrets() -> None:
+    # NeMo-Run writes env_vars into the experiment folder: a local job inherits its secrets from
+    # the submitting process instead (tests/test_stage_task.py runs one).
     p = profile(executor="local", env_vars={"HF_TOKEN": "hf_real", "A": "1"})
-    assert build_executor(ExecutionTarget(p)).env_vars == {"A": "1", "HF_TOKEN": "hf_real"}
-    assert build_executor(ExecutionTarget(p, reveal_secrets=False)).env_vars == {"A": "1", "HF_TOKEN": "********"}
+    assert build_executor(ExecutionTarget(p)).env_vars == {"A": "1"}
+    assert build_executor(ExecutionTarget(p, reveal_secrets=False)).env_vars == {"A": "1"}
 
 
 def test_slurm_tasks_follow_the_stage_launcher() -> None:

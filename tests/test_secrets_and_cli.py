@@ -95,7 +95,7 @@ def scan(folder: Path, *texts: str) -> list[str]:
         (["-r", "dgx", "-d", "--stages", "pretrain"], "client_secret: '********'"),
         (["-b", "lepton", "-d", "--stages", "sft"], "MY_SECRET: '********'"),
         (["-r", "docker", "-d", "--stages", "eval"], "API_KEY: '********'"),
-        (["-d", "--stages", "pretrain"], "WANDB_API_KEY: '********'"),
+        (["-d", "--stages", "pretrain"], "env_vars: {}"),  # a local job inherits its secrets instead
     ],
     ids=["slurm-run", "slurm-batch", "dgxcloud", "lepton", "docker", "local"],
 )

@@ -181,3 +181,17 @@ def test_each_output_is_a_prefect_asset_materialized_from_its_inputs(store: Arti
     assert materialized.payload["artifact"] == total.ref and materialized.payload["digest"] == total.digest
     assert materialized.payload["metrics"] == {"total": 42}
     assert [r.id for r in by_key[asset_key(numbers.uri)].related if r.role == "asset"] == []
+
+
+def test_a_local_job_gets_its_secrets_and_nemo_run_keeps_none(store: ArtifactStore, isolated: Path) -> None:
+    from blocks.profiles import parse_profile
+
+    secret = "hf_planted_secret_5150"
+    local = parse_profile({"executor": "local", "env_vars": {"HF_TOKEN": secret}}, file="env.toml", section="local")
+    job = build_job_config(PRODUCE, "tiny", profile=local, profile_name="local", profile_origin="test",
+                           overrides=parse_overrides(("scale=13",)))
+    (result,) = toy_flow([job], store)
+    manifest = store.read_manifest(result.artifact.uri)
+    assert manifest is not None and manifest.metadata["hf_token_length"] == len(secret), "the job saw its secret"
+    written = [p for p in (isolated / "nemo_run").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert written == [], f"NeMo-Run wrote the secret to {written}"

@@ -36,7 +36,10 @@ def main() -> None:
         ctx,
         "raw_jsonl",
         metrics={"steps": cfg.steps, "sum": sum(i * cfg.scale for i in range(cfg.steps))},
-        metadata={"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")},
+        metadata={
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            "hf_token_length": len(os.environ.get("HF_TOKEN", "")),
+        },
     )
 
 
