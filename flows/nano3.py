@@ -13,7 +13,7 @@ they select and what they call the Prefect flow.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -23,6 +23,7 @@ from flows.commands.options import (
     OVERRIDES,
     OVERRIDES_HELP,
     BatchOption,
+    StagesOption,
     ConfigOption,
     DryRunOption,
     RunOption,
@@ -146,9 +147,7 @@ def main(
     run: RunOption = None,
     batch: BatchOption = None,
     dry_run: DryRunOption = False,
-    stages: Annotated[
-        str | None, typer.Option("--stages", help=f"Comma-separated subset of: {', '.join(STAGES_BY_ID)}.")
-    ] = None,
+    stages: StagesOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     set_verbose(verbose)

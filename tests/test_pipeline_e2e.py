@@ -23,7 +23,7 @@ import pytest
 from tasks.artifacts import ArtifactStore
 from tasks.lineage import asset_key
 from tasks.stages import STAGES
-from tests.prefect_server import prefect_server
+from tests.prefect_server import prefect_client, prefect_server
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -52,13 +52,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
-@contextmanager
-def prefect_client(home: Path) -> Iterator[SyncPrefectClient]:
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: (home / "api").read_text()}), get_client(sync_client=True) as client:
-        yield client
 
 
 def statuses(output: str) -> dict[str, str]:
@@ -121,7 +114,7 @@ def test_prefect_shows_the_run_its_artifacts_and_the_asset_graph(home: Path, fir
 
     store = ArtifactStore(str(home / "store"))
     latest = {s.artifact: store.resolve(f"{s.artifact}:latest") for s in STAGES}
-    with prefect_client(home) as client:
+    with prefect_client((home / "api").read_text()) as client:
         (run,) = client.read_flow_runs()
         assert run.state is not None and run.state.is_completed()
         artifacts = {a.key: a for a in client.read_latest_artifacts() if a.key}

@@ -12,7 +12,7 @@ without a line of code.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+
 
 import typer
 
@@ -21,12 +21,13 @@ from flows.commands.options import (
     OVERRIDES,
     OVERRIDES_HELP,
     BatchOption,
+    StagesOption,
     ConfigOption,
     DryRunOption,
     RunOption,
     VerboseOption,
 )
-from tasks.stages import STAGES, STAGES_BY_ID, Stage
+from tasks.stages import STAGES, Stage
 
 #: Stage ids with this prefix live under `nano3 data prep` (the seeds' command names).
 DATA_PREP = "data_prep/"
@@ -97,9 +98,7 @@ def pipe(
     run: RunOption = None,
     batch: BatchOption = None,
     dry_run: DryRunOption = False,
-    stages: Annotated[
-        str | None, typer.Option("--stages", help=f"Comma-separated subset of: {', '.join(STAGES_BY_ID)}.")
-    ] = None,
+    stages: StagesOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """The whole pipeline in one Prefect flow: every stage in order, each cached by its inputs and config.

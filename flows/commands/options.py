@@ -22,6 +22,10 @@ DryRunOption = Annotated[
     bool,
     typer.Option("-d", "--dry-run", help="Print the compiled config and the exact submission (secrets redacted); submit nothing."),
 ]
+StagesOption = Annotated[
+    str | None,
+    typer.Option("--stages", metavar="IDS", help="Comma-separated subset of the stages (data_prep/pretrain,pretrain,…)."),
+]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
 
 #: Trailing `key=value` arguments are overrides; anything else that looks like an option is an error.

@@ -22,7 +22,7 @@ import yaml
 
 from deployments.serve import TIMEZONE, WEEKLY_CRON
 from tasks.stages import PROJECT_ROOT
-from tests.prefect_server import prefect_server
+from tests.prefect_server import background, prefect_client, prefect_server
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -53,33 +53,6 @@ def prefect_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
-
-
-@contextmanager
-def background(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """A long-running command in its own process group, stopped by that group's id."""
-    with log.open("w") as output:
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-
-
-@contextmanager
-def prefect_client(api_url: str) -> Iterator[SyncPrefectClient]:
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +89,7 @@ def worker(api_url: str, deployed: str, worker_home: Path) -> Iterator[subproces
                       # Poll every second rather than every 10 s: the test waits on it.
                       PREFECT_WORKER_QUERY_SECONDS="1")
     command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--name", "test-worker"]
-    with background(command, env, worker_home / "worker.log") as process:
+    with background(command, env, worker_home / "worker.log", cwd=PROJECT_ROOT) as process:
         yield process
 
 
@@ -177,7 +150,7 @@ def test_serve_registers_its_schedule_and_parameters(api_url: str, tmp_path: Pat
     env = prefect_env(tmp_path, api_url)
     command = [sys.executable, "-m", "deployments.serve", "--cron", "30 1 * * *", "--timezone", "Europe/Berlin",
                "--stages", "data_prep/sft,sft", "sft:train.train_iters=20"]
-    with background(command, env, tmp_path / "serve.log") as process:
+    with background(command, env, tmp_path / "serve.log", cwd=PROJECT_ROOT) as process:
         deployment = wait_for_deployment(api_url, "nano3/retrain-serve", process, tmp_path / "serve.log")
 
     assert deployment.work_pool_name is None  # the serving process runs its runs itself
