@@ -39,7 +39,7 @@ def nano3_pipeline(
 
 
 def execute_stages(
-    jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig | None, *, detached: bool = False
+    jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig | None
 ) -> list[StageResult]:
     """Run the jobs in order inside the current flow; each consumes what the previous ones made."""
     from tasks.lineage import publish_run_lineage
@@ -48,7 +48,7 @@ def execute_stages(
     results: list[StageResult] = []
     for job in jobs:
         prepared = prepare_stage(job, store, produced)
-        state = stage_task(prepared)(prepared, store, wandb, detached=detached, return_state=True)
+        state = stage_task(prepared)(prepared, store, wandb, return_state=True)
         result: StageResult = state.result()
         if state.name == "Cached":
             result = result.model_copy(update={"status": "cached", "seconds": 0.0})

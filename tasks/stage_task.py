@@ -158,7 +158,8 @@ STAGE_TASK_OPTIONS: dict[str, Any] = dict(
 )
 
 
-def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None, detached: bool = False) -> StageResult:
+def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None) -> StageResult:
+    """Attached: submit (or re-attach), wait, publish. Detached submission is flows.detached's."""
     from tasks.lineage import describe_asset_materialization, mirror_to_wandb, publish_stage_artifacts
 
     logger = get_run_logger()
@@ -178,7 +179,7 @@ def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig
                 cache_key=prepared.cache_key,
                 work_dir=prepared.work_url,
                 store=store,
-                detached=detached,
+                detached=False,
                 on_line=reporter,
                 extra_secret_env=secret_env,
             )
