@@ -130,7 +130,27 @@ def stage_jobs(context: RunContext, stages: Sequence[Stage]) -> list[JobConfig]:
                 wandb=context.wandb,
             )
         )
+    check_artifact_types(jobs)
     return jobs
+
+
+def check_artifact_types(jobs: Sequence[JobConfig]) -> None:
+    """An input made by an earlier stage of this run has the type the consumer's backend reads:
+    a megatron pretrain's checkpoint_megatron cannot feed an hf SFT (mixing backends needs a convert)."""
+    made = {job.stage.artifact: job for job in jobs}
+    for job in jobs:
+        wanted = dict(job.stage.consumes)
+        for item in input_refs(job):
+            producer = made.get(item.artifact)
+            if producer is None or producer is job or producer.stage.produces == wanted[item.key]:
+                continue
+            raise ConfigError(
+                f"stage {job.stage.id} (backend {job.stage.backend}) reads {wanted[item.key]} from run.{item.key}, "
+                f"but {producer.stage.id} (backend {producer.stage.backend}) makes {item.artifact} a {producer.stage.produces}",
+                file=str(job.config_file),
+                key=f"run.{item.key}",
+                hint="run both stages on the same backend (run.backend), or point the input at a matching artifact",
+            )
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from tasks.stages import PROJECT_ROOT, RECIPES_ROOT, Stage
 #: run.* fields that say where or how to run, or are derived from the key itself.
 NOT_IN_KEY = ("env", "wandb", "output_dir", "work_dir", "stage", "inputs")
 #: Recipe sources that every stage shares (a change there changes every key).
-SHARED_SOURCES = ("runtime.py", "manifest.py", "hf_model.py")
+SHARED_SOURCES = ("runtime.py", "manifest.py", "hf_model.py", "megatron_support.py", "ray_cluster.py")
 
 
 def recipe_digest(stage: Stage) -> str:

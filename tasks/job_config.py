@@ -124,6 +124,20 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[Override], *, file: Pat
     return merged
 
 
+def stage_for_config(stage: Stage, cfg: DictConfig, *, file: Path) -> Stage:
+    """The stage as the config's `run.backend` runs it (the row's own backend when unset)."""
+    backend = OmegaConf.select(cfg, "run.backend", default=None) or stage.backend
+    try:
+        return stage.for_backend(str(backend))
+    except KeyError:
+        raise ConfigError(
+            f"stage '{stage.id}' has no runtime for backend '{backend}'",
+            file=str(file),
+            key="run.backend",
+            hint=did_you_mean(str(backend), stage.runtimes) or f"backends: {', '.join(stage.runtimes)}",
+        ) from None
+
+
 def effective_profile(
     profile: _Profile,
     explicit: frozenset[str],
@@ -209,6 +223,7 @@ def build_job_config(
     env_overrides = [o for o in overrides if o.key.startswith(ENV_PREFIX)]
     recipe_overrides = [o for o in overrides if not o.key.startswith(ENV_PREFIX)]
     cfg = apply_overrides(cfg, recipe_overrides, file=config_file)
+    stage = stage_for_config(stage, cfg, file=config_file)
     yaml_env = OmegaConf.to_container(cfg.run.env, resolve=True) if _has_key(cfg, "run.env") else {}
     assert isinstance(yaml_env, dict)
     effective = effective_profile(

@@ -2,11 +2,17 @@
 
 Adding a stage is one row here plus its recipe folder. Artifact types are checked against one
 list so a typo in a declaration fails at import, not halfway through a run.
+
+A stage runs on one of two runtime backends (DESIGN.md): `hf` anywhere, `megatron` on GPU
+clusters in the NeMo containers. Each backend is a Runtime: its script in the stage folder, its
+launcher and the artifact types it consumes and produces (a Megatron-Bridge pretrain produces a
+checkpoint_megatron, its HF twin a checkpoint_hf). The config's `run.backend` picks the runtime
+(tasks.job_config); the row's own script/launcher/types are its first backend's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +34,28 @@ ARTIFACT_TYPES = (
 )
 
 Launcher = Literal["direct", "torchrun", "ray"]
+#: The runtime backends a config's `run.backend` can name.
+BACKENDS = ("hf", "megatron")
+
+
+def _check_types(stage_id: str, consumes: tuple[tuple[str, str], ...], produces: str) -> None:
+    for kind in (*(t for _, t in consumes), produces):
+        if kind not in ARTIFACT_TYPES:
+            raise ValueError(f"stage {stage_id}: unknown artifact type {kind!r}")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How one backend runs a stage: the script (in the stage folder), its launcher, its types.
+
+    `ray`: every node of the job starts Ray (recipes/nano3/ray_cluster.py) and the head node runs
+    the script as the Ray driver.
+    """
+
+    script: str
+    consumes: tuple[tuple[str, str], ...]
+    produces: str
+    launcher: Launcher = "direct"
 
 
 @dataclass(frozen=True)
@@ -45,11 +73,40 @@ class Stage:
     description: str = ""
     #: Where `folder` lives; tests declare stages of their own elsewhere in the project.
     root: Path = RECIPES_ROOT
+    #: The backend that script/consumes/produces/launcher above belong to.
+    backend: str = "hf"
+    #: The other backends' runtimes: (backend, Runtime) pairs.
+    alternatives: tuple[tuple[str, Runtime], ...] = ()
 
     def __post_init__(self) -> None:
-        for kind in (*(t for _, t in self.consumes), self.produces):
-            if kind not in ARTIFACT_TYPES:
-                raise ValueError(f"stage {self.id}: unknown artifact type {kind!r}")
+        _check_types(self.id, self.consumes, self.produces)
+        for backend, runtime in ((self.backend, None), *self.alternatives):
+            if backend not in BACKENDS:
+                raise ValueError(f"stage {self.id}: unknown backend {backend!r} (backends: {', '.join(BACKENDS)})")
+            if runtime is not None:
+                _check_types(self.id, runtime.consumes, runtime.produces)
+
+    @property
+    def runtimes(self) -> dict[str, Runtime]:
+        """Every backend this stage runs on → how."""
+        own = Runtime(script=self.script, consumes=self.consumes, produces=self.produces, launcher=self.launcher)
+        return {self.backend: own, **dict(self.alternatives)}
+
+    def for_backend(self, backend: str) -> Stage:
+        """This stage as `backend` runs it; KeyError where it has no such runtime."""
+        if backend == self.backend:
+            return self
+        runtimes = self.runtimes
+        runtime = runtimes.pop(backend)
+        return replace(
+            self,
+            backend=backend,
+            script=runtime.script,
+            consumes=runtime.consumes,
+            produces=runtime.produces,
+            launcher=runtime.launcher,
+            alternatives=tuple(runtimes.items()),
+        )
 
     @property
     def recipe_dir(self) -> Path:
@@ -73,34 +130,24 @@ class Stage:
         return self.id.replace("/", "-")
 
 
+def _data_prep(kind: str, produces: str, description: str) -> Stage:
+    """A data prep stage: one script for both backends (the default configs run it at scale)."""
+    return Stage(
+        id=f"data_prep/{kind}",
+        folder=f"data_prep/{kind}",
+        script="prep.py",
+        consumes=(),
+        produces=produces,
+        artifact=f"nano3-{kind}-data",
+        description=description,
+        alternatives=(("megatron", Runtime(script="prep.py", consumes=(), produces=produces)),),
+    )
+
+
 STAGES: tuple[Stage, ...] = (
-    Stage(
-        id="data_prep/pretrain",
-        folder="data_prep/pretrain",
-        script="prep.py",
-        consumes=(),
-        produces="binidx",
-        artifact="nano3-pretrain-data",
-        description="Tokenizer training and pretraining corpus → megatron .bin/.idx with a blend file.",
-    ),
-    Stage(
-        id="data_prep/sft",
-        folder="data_prep/sft",
-        script="prep.py",
-        consumes=(),
-        produces="training_jsonl",
-        artifact="nano3-sft-data",
-        description="Chat-format SFT data with held-out problems.",
-    ),
-    Stage(
-        id="data_prep/rl",
-        folder="data_prep/rl",
-        script="prep.py",
-        consumes=(),
-        produces="training_jsonl",
-        artifact="nano3-rl-data",
-        description="Prompts with verifiable answers for RL.",
-    ),
+    _data_prep("pretrain", "binidx", "Tokenizer training and pretraining corpus → megatron .bin/.idx with a blend file."),
+    _data_prep("sft", "training_jsonl", "Chat-format SFT data with held-out problems."),
+    _data_prep("rl", "training_jsonl", "Prompts with verifiable answers for RL."),
     Stage(
         id="pretrain",
         folder="pretrain",
@@ -110,6 +157,9 @@ STAGES: tuple[Stage, ...] = (
         artifact="nano3-pretrain-model",
         launcher="torchrun",
         description="Pretraining a NemotronH model on the .bin/.idx corpus.",
+        alternatives=(
+            ("megatron", Runtime("train_megatron.py", (("data", "binidx"),), "checkpoint_megatron", "torchrun")),
+        ),
     ),
     Stage(
         id="sft",
@@ -120,6 +170,17 @@ STAGES: tuple[Stage, ...] = (
         artifact="nano3-sft-model",
         launcher="torchrun",
         description="Supervised fine-tuning from the pretrained checkpoint.",
+        alternatives=(
+            (
+                "megatron",
+                Runtime(
+                    "train_megatron.py",
+                    (("data", "training_jsonl"), ("model", "checkpoint_megatron")),
+                    "checkpoint_megatron",
+                    "torchrun",
+                ),
+            ),
+        ),
     ),
     Stage(
         id="rl",
@@ -129,6 +190,17 @@ STAGES: tuple[Stage, ...] = (
         produces="checkpoint_hf",
         artifact="nano3-rl-model",
         description="GRPO with verifiable rewards from the SFT checkpoint.",
+        alternatives=(
+            (
+                "megatron",
+                Runtime(
+                    "train_megatron.py",
+                    (("data", "training_jsonl"), ("model", "checkpoint_megatron")),
+                    "checkpoint_megatron",
+                    "ray",
+                ),
+            ),
+        ),
     ),
     Stage(
         id="convert",
@@ -138,6 +210,7 @@ STAGES: tuple[Stage, ...] = (
         produces="checkpoint_hf",
         artifact="nano3-model-hf",
         description="The deployable export (bf16 safetensors), logits checked against the source.",
+        alternatives=(("megatron", Runtime("convert_megatron.py", (("model", "checkpoint_megatron"),), "checkpoint_hf")),),
     ),
     Stage(
         id="eval",
@@ -152,6 +225,17 @@ STAGES: tuple[Stage, ...] = (
         produces="eval_results",
         artifact="nano3-eval",
         description="Held-out evaluation of the exported model against the pretrained baseline.",
+        alternatives=(
+            (
+                "megatron",
+                # No baseline: the megatron pretrain's output is a Megatron checkpoint, not an HF model.
+                Runtime(
+                    "evaluate_megatron.py",
+                    (("model", "checkpoint_hf"), ("data", "training_jsonl"), ("corpus", "binidx")),
+                    "eval_results",
+                ),
+            ),
+        ),
     ),
 )
 

@@ -99,7 +99,11 @@ class StepManifest(_Entry):
 
     @property
     def stage(self) -> Stage | None:
-        return STAGES_BY_ID[self.step.stage] if self.step.stage else None
+        """The stage this step runs as, on the step's backend."""
+        if not self.step.stage:
+            return None
+        stage = STAGES_BY_ID[self.step.stage]
+        return stage.for_backend(self.step.backend) if self.step.backend else stage
 
     @property
     def config_dir(self) -> Path:
@@ -147,7 +151,13 @@ def _check_links(manifest: StepManifest, file: str, relative_id: str) -> None:
             key="stage",
             hint=did_you_mean(info.stage, STAGES_BY_ID) or f"stages: {', '.join(STAGES_BY_ID)}",
         )
-    # A step is a way to run its stage: the stage's neighbours rely on these types.
+    if info.backend is not None:
+        if info.backend not in stage.runtimes:
+            raise ConfigError(
+                f"stage {stage.id} has no runtime for backend {info.backend!r}", file=file, section="step", key="backend"
+            )
+        stage = stage.for_backend(info.backend)
+    # A step is a way to run its stage (on its backend): the stage's neighbours rely on these types.
     declared = {kind for _, kind in stage.consumes}
     if manifest.consumed_types() != declared:
         raise ConfigError(

@@ -45,16 +45,25 @@ def config_path_in_job(job: JobConfig) -> str:
     return f"<store>/_work/{job.stage.slug}/<cache-key>/config.yaml"
 
 
+#: What every node of a `ray` stage runs: it starts Ray there and, on the head node, the recipe.
+RAY_CLUSTER_SCRIPT = "recipes/nano3/ray_cluster.py"
+
+
 def recipe_task(job: JobConfig, config_path: str | None = None) -> run.Script:
-    """The NeMo-Run task: `python <recipe script> --config <resolved config>`."""
+    """The NeMo-Run task: `python <recipe script> --config <resolved config>`.
+
+    A `ray` stage runs one task per node, `python ray_cluster.py --nodes N <recipe script> --config …`:
+    the node count is the job's own, so the script waits for exactly the nodes the scheduler gave.
+    """
     import nemo_run as run
 
-    return run.Script(
-        path=f"{code_dir(job)}/{job.stage.script_relpath}",
-        args=["--config", config_path or config_path_in_job(job)],
-        entrypoint="python",
-        env={"PYTHONPATH": code_dir(job)},
-    )
+    script = f"{code_dir(job)}/{job.stage.script_relpath}"
+    args = ["--config", config_path or config_path_in_job(job)]
+    if job.stage.launcher == "ray":
+        nodes = getattr(job.profile, "nodes", None) or 1
+        args = ["--nodes", str(nodes), script, *args]
+        script = f"{code_dir(job)}/{RAY_CLUSTER_SCRIPT}"
+    return run.Script(path=script, args=args, entrypoint="python", env={"PYTHONPATH": code_dir(job)})
 
 
 def launcher_for(job: JobConfig) -> str | None:

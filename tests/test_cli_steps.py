@@ -32,7 +32,7 @@ def test_list_shows_every_step_with_its_types() -> None:
     row = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["pretrain/transformers"])
     assert "binidx" in row and "checkpoint_hf" in row and "stage pretrain" in row
     row = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["pretrain/megatron_bridge"])
-    assert "no: needs Megatron-Bridge" in row
+    assert "binidx" in row and "checkpoint_megatron" in row and "stage pretrain" in row
 
 
 def test_list_produces_training_jsonl_as_in_the_seeds_docs() -> None:
@@ -47,7 +47,9 @@ def test_list_consumes_and_category_filters() -> None:
     category = invoke("steps", "list", "--category", "rl")
     assert listed_ids(category.stdout) == {"rl/trl_grpo", "rl/nemo_rl/rlvr"}
     both = invoke("steps", "list", "--consumes", "binidx", "--produces", "checkpoint_hf")
-    assert listed_ids(both.stdout) == {"pretrain/transformers", "pretrain/megatron_bridge"}
+    assert listed_ids(both.stdout) == {"pretrain/transformers"}
+    megatron = invoke("steps", "list", "--consumes", "checkpoint_megatron")
+    assert listed_ids(megatron.stdout) == {"sft/megatron_bridge", "rl/nemo_rl/rlvr", "convert/megatron_to_hf"}
     none = invoke("steps", "list", "--consumes", "env_toml")
     assert none.exit_code == 0 and none.stdout.strip() == "no step matches"
 
@@ -86,11 +88,11 @@ def test_show_a_stage_step() -> None:
     assert "nemotron steps run pretrain/transformers -c tiny [-r|-b PROFILE] [-d] [key=value …]" in out
 
 
-def test_show_a_step_that_cannot_run_here_says_what_it_needs() -> None:
+def test_show_a_megatron_step_says_how_it_runs() -> None:
     result = invoke("steps", "show", "rl/nemo_rl/rlvr")
     assert result.exit_code == 0, result.output
-    assert "no: needs NeMo-RL; here, use rl/trl_grpo" in result.stdout
-    assert "nemotron steps run" not in result.stdout
+    assert "stage rl: recipes/nano3/rl/train_megatron.py (ray, backend megatron)" in result.stdout
+    assert "nemotron steps run rl/nemo_rl/rlvr -c default" in result.stdout
 
 
 def test_show_json_has_the_config_values() -> None:
@@ -107,10 +109,9 @@ def test_show_json_has_the_config_values() -> None:
         (["run", "nope/nothing", "-d"], "unknown step 'nope/nothing' (`nemotron steps list` shows every step)"),
         (["run", "sft/trl", "-c", "tinny", "-d"], "--config: step 'sft/trl' has no config named 'tinny' (did you mean 'tiny'?)"),
         (["run", "sft/trl", "-c", "default", "-d"], "config 'default' is step sft/megatron_bridge's (backend megatron)"),
-        (["run", "sft/megatron_bridge", "-d"], "cannot run here: it needs Megatron-Bridge"),
         (["run", "pretrain/transformers", "-c", "no/such.yaml", "-d"], "--config: config file no/such.yaml does not exist"),
     ],
-    ids=["show-unknown", "run-unknown", "run-unknown-config", "run-other-backend-config", "run-not-runnable", "run-missing-yaml"],
+    ids=["show-unknown", "run-unknown", "run-unknown-config", "run-other-backend-config", "run-missing-yaml"],
 )
 def test_step_errors_are_one_line(args: list[str], expected: str) -> None:
     result = invoke("steps", *args)
@@ -120,9 +121,11 @@ def test_step_errors_are_one_line(args: list[str], expected: str) -> None:
     assert "Traceback" not in result.output
 
 
-def test_not_runnable_points_at_the_step_that_runs() -> None:
-    result = invoke("steps", "run", "pretrain/megatron_bridge", "-r", "cluster")
-    assert "(step pretrain/transformers runs the same stage here)" in result.stderr
+def test_a_megatron_step_plans_its_own_script(isolated: Path) -> None:
+    write_env(isolated, SLURM)
+    step = run_cli(["steps", "run", "pretrain/megatron_bridge", "-r", "cluster", "-d"], isolated, module="flows.cli")
+    assert step.code == 0, step.stderr
+    assert "recipes/nano3/pretrain/train_megatron.py" in step.stdout and "backend: megatron" in step.stdout
 
 
 def test_run_a_stage_step_dry_run_as_a_user(isolated: Path) -> None:
