@@ -60,7 +60,9 @@ def recipe_task(job: JobConfig, config_path: str | None = None) -> run.Script:
     script = f"{code_dir(job)}/{job.stage.script_relpath}"
     args = ["--config", config_path or config_path_in_job(job)]
     if job.stage.launcher == "ray":
-        nodes = getattr(job.profile, "nodes", None) or 1
+        # The effective profile's node count (the recipe's run.env.nodes wins); executors without
+        # one (local, docker) run on this one machine.
+        nodes = getattr(job.profile, "nodes", 1)
         args = ["--nodes", str(nodes), script, *args]
         script = f"{code_dir(job)}/{RAY_CLUSTER_SCRIPT}"
     return run.Script(path=script, args=args, entrypoint="python", env={"PYTHONPATH": code_dir(job)})

@@ -70,7 +70,26 @@ def test_megatron_configs_speak_the_recipes_keys(config: str) -> None:
     rl = OmegaConf.load(STAGES_BY_ID["rl"].config_dir / f"{config}.yaml")
     used = {f"{block}.{key}" for block in ("grpo", "train") for key in rl[block]}
     assert used <= set(NEMO_RL_FIELDS), used - set(NEMO_RL_FIELDS)
-    assert rl.nemo_rl.num_nodes == rl.run.env.nodes and rl.nemo_rl.gpus_per_node == rl.run.env.gpus_per_node
+    # NeMo-RL's cluster size comes from the Ray cluster of run.env's nodes: declared once, never twice.
+    assert set(rl.nemo_rl) == {"base_config"}, set(rl.nemo_rl)
+
+
+def test_settings_reach_the_fields_each_megatron_bridge_version_has() -> None:
+    """Megatron-Bridge skips unknown override keys with a warning, so the version-dependent names are set here."""
+    from types import SimpleNamespace
+
+    pretrain_25_11 = SimpleNamespace(sequence_length=8192)  # MCore's GPTDatasetConfig field
+    newer = SimpleNamespace(seq_length=8192, sequence_length=8192)
+    finetuning = SimpleNamespace(seq_length=2048)
+    assert mb._dataset_length_fields(pretrain_25_11) == ["sequence_length"]
+    assert mb._dataset_length_fields(newer) == ["seq_length", "sequence_length"]
+    assert mb._dataset_length_fields(finetuning) == ["seq_length"]
+    assert mb._model_field(SimpleNamespace(hybrid_override_pattern=None), "hybrid_override_pattern") == "hybrid_override_pattern"
+    renamed = SimpleNamespace(hybrid_override_pattern=None, hybrid_layer_pattern="M*")
+    assert mb._model_field(renamed, "hybrid_override_pattern") == "hybrid_layer_pattern"
+    fields = {field for targets in mb.TRAIN_FIELDS.values() for field in targets}
+    assert not any(field.startswith("dataset.") for field in fields)
+    assert "scheduler.min_lr" not in fields  # SchedulerConfig has none; the scheduler reads optimizer.min_lr
 
 
 def test_megatron_tiny_is_genuinely_small() -> None:
@@ -152,6 +171,17 @@ def test_megatron_scripts_say_which_container_they_need(isolated: Path, script: 
     container = mb.NEMO_RL_CONTAINER if script.startswith("rl/") else mb.NEMO_CONTAINER
     assert line.startswith(f"error: {Path(script).name} needs {MEGATRON_SCRIPTS[script]}") and container in line
     assert not (isolated / "out").exists(), "it stopped before touching anything"
+
+
+def test_the_export_command_says_which_container_it_needs(isolated: Path) -> None:
+    """The RL stage runs the export in NeMo-RL's Megatron environment through this command."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "recipes.nano3.megatron_support", "export-hf", str(isolated / "in"), str(isolated / "out")],
+        capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT,
+        env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == mb.MISSING_LIBRARY_EXIT, proc.stderr
+    assert "needs Megatron-Bridge (AutoBridge)" in proc.stderr and mb.NEMO_CONTAINER in proc.stderr
 
 
 def test_the_whole_default_pipeline_plan_as_a_user(isolated: Path) -> None:

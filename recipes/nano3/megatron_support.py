@@ -14,11 +14,19 @@ A checkpoint_megatron artifact, as these recipes write and read it:
 Training configs name their Megatron-Bridge recipe (`recipe.target`, a function returning a
 ConfigContainer); the YAML's `train:` block maps onto its fields (TRAIN_FIELDS), its `model:` block
 onto `cfg.model`, and `overrides:` onto any field, applied last as Megatron-Bridge's own examples
-apply YAML overrides: through OmegaConf, then back into the dataclasses.
+apply YAML overrides: through OmegaConf, then back into the dataclasses. Megatron-Bridge skips an
+override key its dataclass lacks with a log warning only, so the fields whose names differ between
+its versions (the dataset's sequence length, the hybrid layer pattern) are set by name here.
+
+Exporting to HF (`export_to_hf`) is shared by the convert stage and the RL stage; the RL driver runs
+it through this module's command line in NeMo-RL's Megatron environment:
+
+    python -m recipes.nano3.megatron_support export-hf MODEL_DIR DEST [--dtype bfloat16]
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import json
@@ -40,14 +48,16 @@ MEGATRON_DIR = "megatron"
 HF_REFERENCE_DIR = "hf_reference"
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 
-#: `train:` key → ConfigContainer field(s) it sets.
+#: `train:` key → ConfigContainer field(s) it sets. `seq_length` also sets the dataset's own field
+#: (`sequence_length` on a pretraining GPTDatasetConfig of the 25.11 container, `seq_length` on a
+#: finetuning dataset and on newer GPTDatasetConfigs): see `_dataset_length_fields`.
 TRAIN_FIELDS: dict[str, tuple[str, ...]] = {
-    "seq_length": ("model.seq_length", "dataset.seq_length"),
+    "seq_length": ("model.seq_length",),
     "global_batch_size": ("train.global_batch_size",),
     "micro_batch_size": ("train.micro_batch_size",),
     "train_iters": ("train.train_iters",),
     "lr": ("optimizer.lr",),
-    "min_lr": ("optimizer.min_lr", "scheduler.min_lr"),
+    "min_lr": ("optimizer.min_lr",),
     "warmup_iters": ("scheduler.lr_warmup_iters",),
     "save_interval": ("checkpoint.save_interval",),
     "eval_interval": ("train.eval_interval",),
@@ -95,12 +105,42 @@ def is_rank_zero() -> bool:
 
 
 def load_recipe(target: str) -> Any:
-    """`package.module.function` → the ConfigContainer that function returns."""
+    """`package.module.function` → the ConfigContainer that function returns.
+
+    Recipe names move between Megatron-Bridge versions (the 25.11 container's
+    `nemotron_3_nano_finetune_config` is `nemotron_3_nano_sft_config` from Megatron-Bridge 0.4 on),
+    so a missing one is reported with the names this container does have.
+    """
     module_name, _, function = target.rpartition(".")
     try:
-        return getattr(importlib.import_module(module_name), function)()
-    except (ImportError, AttributeError) as exc:
-        raise SystemExit(f"error: recipe.target {target}: {exc} (is it a function of this container's Megatron-Bridge?)") from None
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"error: recipe.target {target}: {exc} (is it a module of this container's Megatron-Bridge?)") from None
+    if not callable(getattr(module, function, None)):
+        known = sorted(name for name in dir(module) if name.endswith("_config") and callable(getattr(module, name)))
+        raise SystemExit(
+            f"error: recipe.target {target}: this container's Megatron-Bridge has no {function} in {module_name} "
+            f"(it has: {', '.join(known) or 'no *_config functions'})"
+        )
+    return getattr(module, function)()
+
+
+def use_hf_tokenizer(cfg: Any, tokenizer_dir: Path) -> None:
+    """Megatron-Bridge tokenizes with the HF tokenizer in tokenizer_dir (ours, not the recipe's)."""
+    cfg.tokenizer.tokenizer_type = "HuggingFaceTokenizer"
+    cfg.tokenizer.tokenizer_model = str(tokenizer_dir)
+    cfg.tokenizer.vocab_size = None  # the recipe's NullTokenizer size; the model's comes from the tokenizer
+
+
+def _dataset_length_fields(dataset: Any) -> list[str]:
+    return [name for name in ("seq_length", "sequence_length") if hasattr(dataset, name)]
+
+
+def _model_field(model: Any, key: str) -> str:
+    """The 25.11 container's `hybrid_override_pattern` is `hybrid_layer_pattern` in newer providers."""
+    if key == "hybrid_override_pattern" and hasattr(model, "hybrid_layer_pattern"):
+        return "hybrid_layer_pattern"
+    return key
 
 
 def apply_settings(cfg: Any, config: DictConfig) -> Any:
@@ -115,9 +155,16 @@ def apply_settings(cfg: Any, config: DictConfig) -> Any:
             raise SystemExit(f"error: train.{key} is not a setting this recipe knows (known: {', '.join(TRAIN_FIELDS)})")
         for field in TRAIN_FIELDS[key]:
             updates[field] = value
-    dotted = [f"{k}={json.dumps(v)}" for k, v in updates.items()]
+        if key == "seq_length":
+            for field in _dataset_length_fields(cfg.dataset):
+                updates[f"dataset.{field}"] = value
     model = OmegaConf.to_container(config.get("model") or {}, resolve=True) or {}
-    dotted += [f"model.{k}={json.dumps(v)}" for k, v in model.items()]  # type: ignore[union-attr]
+    for key, value in model.items():  # type: ignore[union-attr]
+        field = _model_field(cfg.model, str(key))
+        if not hasattr(cfg.model, field):
+            raise SystemExit(f"error: model.{key}: {type(cfg.model).__name__} has no field {field}")
+        updates[f"model.{field}"] = value
+    dotted = [f"{k}={json.dumps(v)}" for k, v in updates.items()]
     merged, excluded = create_omegaconf_dict_config(cfg)
     merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(dotted), config.get("overrides") or {})
     apply_overrides(cfg, OmegaConf.to_container(merged, resolve=True), excluded)
@@ -156,7 +203,11 @@ def publish_checkpoint(source: Path, output_dir: Path) -> int:
 
 
 def write_hf_reference(reference: str, dest: Path, *, tokenizer_dir: Path, model: dict[str, Any] | None = None) -> None:
-    """config.json of the HF model this checkpoint maps to, reshaped by the `model:` block, plus the tokenizer."""
+    """config.json of the HF model this checkpoint maps to, reshaped by the `model:` block, plus the tokenizer.
+
+    The reference's own Python files (NemotronH is a trust_remote_code model) are copied too: the
+    export carries them, so transformers and vLLM can load it without the hub.
+    """
     from transformers import AutoConfig, AutoTokenizer
 
     hf_config = AutoConfig.from_pretrained(reference, trust_remote_code=True)
@@ -171,6 +222,14 @@ def write_hf_reference(reference: str, dest: Path, *, tokenizer_dir: Path, model
     dest.mkdir(parents=True, exist_ok=True)
     hf_config.save_pretrained(str(dest))
     tokenizer.save_pretrained(str(dest))
+    source = Path(reference)
+    if not source.is_dir():
+        from huggingface_hub import snapshot_download
+
+        source = Path(snapshot_download(reference, allow_patterns=["*.py"]))
+    for code in source.glob("*.py"):
+        if not (dest / code.name).exists():
+            shutil.copy2(code, dest / code.name)
 
 
 def copy_hf_reference(source: Path, dest: Path) -> None:
@@ -182,3 +241,46 @@ def check_megatron_input(folder: Path, name: str = "model") -> None:
     for part in (MEGATRON_DIR, HF_REFERENCE_DIR):
         if not (folder / part).is_dir():
             raise SystemExit(f"error: input '{name}' at {folder} has no {part}/: expected a checkpoint_megatron artifact")
+
+
+def export_to_hf(model: Path, dest: Path, *, dtype: str | None = None) -> Path:
+    """A checkpoint_megatron folder → an HF folder (safetensors, config, tokenizer, modeling code).
+
+    AutoBridge is built from hf_reference/ with from_hf_pretrained, not from_hf_config: exporting
+    saves the reference's artifacts (config, tokenizer), which a bridge made from a bare config
+    lacks. The reference holds no weights, so the export writes one model.safetensors. The
+    Megatron model itself is rebuilt from the checkpoint's own run_config.yaml.
+    """
+    check_megatron_input(model)
+    import torch
+    from megatron.bridge import AutoBridge
+
+    reference = model / HF_REFERENCE_DIR
+    bridge = AutoBridge.from_hf_pretrained(str(reference), trust_remote_code=True)
+    if dtype is not None:
+        bridge.hf_pretrained.config.torch_dtype = getattr(torch, dtype)
+    staging = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    bridge.export_ckpt(str(model / MEGATRON_DIR), str(staging), source_path=str(reference))
+    for item in reference.iterdir():  # whatever the export did not write itself (tokenizer, code)
+        if item.is_file() and not (staging / item.name).exists():
+            shutil.copy2(item, staging / item.name)
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+    return dest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Megatron checkpoint tools the megatron recipes share.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export-hf", help="Export a checkpoint_megatron folder to an HF folder.")
+    export.add_argument("model", type=Path, help="A checkpoint_megatron folder (megatron/ + hf_reference/).")
+    export.add_argument("dest", type=Path, help="The HF folder to write.")
+    export.add_argument("--dtype", default=None, help="torch dtype of the export's config (e.g. bfloat16).")
+    options = parser.parse_args()
+    require("megatron.bridge", needs="Megatron-Bridge (AutoBridge)", container=NEMO_CONTAINER)
+    export_to_hf(options.model, options.dest, dtype=options.dtype)
+
+
+if __name__ == "__main__":
+    main()

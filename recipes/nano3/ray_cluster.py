@@ -55,9 +55,9 @@ def run_head(nodes: int, command: list[str]) -> int:
 
     ray.init(address="auto")
     deadline = time.monotonic() + JOIN_TIMEOUT_S
-    while len([n for n in ray.nodes() if n["Alive"]]) < nodes:
+    while (alive := len([n for n in ray.nodes() if n["Alive"]])) < nodes:
         if time.monotonic() > deadline:
-            raise SystemExit(f"error: only {len(ray.nodes())} of {nodes} nodes joined the Ray cluster")
+            raise SystemExit(f"error: only {alive} of {nodes} nodes joined the Ray cluster within {JOIN_TIMEOUT_S}s")
         time.sleep(5)
     ray.shutdown()
     print(f"ray cluster: {nodes} nodes up; running {' '.join(command)}", flush=True)

@@ -7,10 +7,11 @@
 # ///
 """Export a checkpoint_megatron artifact to an HF checkpoint with Megatron-Bridge's AutoBridge (backend megatron).
 
-The artifact's hf_reference/ (config.json and tokenizer) tells AutoBridge which HF architecture
-and shape the Megatron tensors map to; the export is written as safetensors in the config's
-`dtype`, with the tokenizer beside it: the same checkpoint_hf the hf backend's convert publishes,
-which eval and deployment load with transformers or vLLM.
+The artifact's hf_reference/ (config.json, tokenizer, modeling code) tells AutoBridge which HF
+architecture and shape the Megatron tensors map to; the export is written as safetensors with the
+config's `dtype` and the tokenizer beside it: the same checkpoint_hf the hf backend's convert
+publishes, which eval and deployment load with transformers or vLLM. The export itself is
+recipes.nano3.megatron_support.export_to_hf, which the RL stage uses too.
 """
 
 from __future__ import annotations
@@ -26,25 +27,12 @@ def main() -> None:
     ctx = runtime.start()
     model = ctx.input_path("model")
     mb.check_megatron_input(model)
-
-    import torch
-    from megatron.bridge import AutoBridge
-    from transformers import AutoConfig
-
-    reference = model / mb.HF_REFERENCE_DIR
-    hf_config = AutoConfig.from_pretrained(str(reference), trust_remote_code=True)
-    hf_config.torch_dtype = getattr(torch, str(ctx.config.get("dtype", "bfloat16")))
-    bridge = AutoBridge.from_hf_config(hf_config)
-    staging = ctx.work_dir / "export"
-    shutil.rmtree(staging, ignore_errors=True)
-    print(f"convert: {model / mb.MEGATRON_DIR} -> HF ({hf_config.model_type}, {hf_config.torch_dtype})", flush=True)
-    bridge.export_ckpt(str(model / mb.MEGATRON_DIR), str(staging))
-    for item in reference.iterdir():  # the tokenizer travels with the weights
-        if not (staging / item.name).exists():
-            shutil.copy2(item, staging / item.name)
-    for item in staging.iterdir():
+    dtype = str(ctx.config.get("dtype", "bfloat16"))
+    print(f"convert: {model / mb.MEGATRON_DIR} -> HF ({dtype})", flush=True)
+    export = mb.export_to_hf(model, ctx.work_dir / "export", dtype=dtype)
+    for item in export.iterdir():
         shutil.move(str(item), ctx.output_dir / item.name)
-    runtime.finish(ctx, "checkpoint_hf", metadata={"dtype": str(ctx.config.get("dtype", "bfloat16")), "exported_with": "AutoBridge"})
+    runtime.finish(ctx, "checkpoint_hf", metadata={"dtype": dtype, "exported_with": "AutoBridge"})
 
 
 if __name__ == "__main__":

@@ -112,7 +112,13 @@ def nemo_evaluator_results(ctx: runtime.RecipeContext, model: Path) -> dict[str,
     return results
 
 
-ENGINES = {"lm-eval": (("lm_eval", "vllm"), "lm-eval and vLLM"), "nemo-evaluator": (("nemo_evaluator", "vllm"), "NeMo-Evaluator and vLLM")}
+#: engine → (modules it imports, what to tell a user who lacks them). NeMo-Evaluator's
+#: `nemo_evaluator.api` (evaluate, api_dataclasses) is the 25.11-era core package's API; its 0.3+
+#: releases replaced it, which the check reports as missing rather than failing mid-import.
+ENGINES = {
+    "lm-eval": (("lm_eval", "vllm"), "lm-eval and vLLM"),
+    "nemo-evaluator": (("nemo_evaluator.api", "vllm"), "NeMo-Evaluator (the nemo_evaluator.api of its 25.11-era releases) and vLLM"),
+}
 
 
 def main() -> None:

@@ -55,8 +55,7 @@ def main() -> None:
     cfg.dataset.blend = None
     cfg.dataset.blend_per_split = blend_per_split(data)
     cfg.dataset.split = None
-    cfg.tokenizer.tokenizer_type = "HuggingFaceTokenizer"
-    cfg.tokenizer.tokenizer_model = str(data / "tokenizer")
+    mb.use_hf_tokenizer(cfg, data / "tokenizer")
     mb.apply_settings(cfg, ctx.config)
     save = mb.use_work_dir(cfg, ctx.work_dir, ctx.seed)
     print(f"pretrain: {ctx.config.recipe.target}, {cfg.train.train_iters} iterations, checkpoints in {save}", flush=True)

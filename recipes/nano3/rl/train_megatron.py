@@ -8,18 +8,26 @@
 """GRPO with verifiable rewards, NeMo-RL on a Ray cluster (backend megatron).
 
 Runs as the Ray driver on the head node of the job's Ray cluster (recipes/nano3/ray_cluster.py
-starts one across the job's nodes). NeMo-RL's policy starts from an HF model, so the SFT
-checkpoint (checkpoint_megatron) is first exported with AutoBridge into run.work_dir. The
-NeMo-RL config is the container's GRPO example (`nemo_rl.base_config`), with this config's
+starts one across the job's nodes); NeMo-RL lays its workers over every GPU of that cluster, so
+the job's nodes and GPUs (the config's run.env) are the only place they are declared.
+
+NeMo-RL's policy starts from an HF model, so the SFT checkpoint (checkpoint_megatron) is first
+exported into run.work_dir by recipes.nano3.megatron_support. That runs in NeMo-RL's Megatron
+environment: in the NeMo-RL container Megatron-Bridge is installed in the virtual environment of
+its Megatron policy workers, not in the driver's.
+
+The NeMo-RL config is the container's GRPO example (`nemo_rl.base_config`), with this config's
 `grpo:`/`train:` values and `overrides:` (NeMo-RL's own dotted keys) on top. Rewards come from
 NeMo-RL's math environment, which checks each reply against the prompt's `answer`. NeMo-RL
-checkpoints into run.work_dir and resumes from there; the last one's policy weights (a Megatron
-checkpoint) are published as a checkpoint_megatron artifact.
+checkpoints into run.work_dir and resumes from there; the last checkpoint's policy weights (a
+Megatron-Bridge checkpoint: iter_NNNNNNN/ and its tracker) are published as a checkpoint_megatron.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -40,41 +48,76 @@ NEMO_RL_FIELDS = {
     "train.save_interval": "checkpointing.save_period",
     "train.max_sequence_length": "policy.max_total_sequence_length",
 }
+#: The NeMo-RL actor whose virtual environment holds Megatron-Bridge.
+MEGATRON_WORKER = "nemo_rl.models.policy.workers.megatron_policy_worker.MegatronPolicyWorker"
+MATH_ENVIRONMENT = "nemo_rl.environments.math_environment.MathEnvironment"
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+def megatron_python() -> str:
+    """The Python of NeMo-RL's Megatron environment: the container's prefetched one when there is one."""
+    from nemo_rl.distributed.ray_actor_environment_registry import get_actor_python_env
+
+    executable = get_actor_python_env(MEGATRON_WORKER)
+    if not executable.startswith("uv"):  # NEMO_RL_PY_EXECUTABLES_SYSTEM=1: one environment for all
+        return executable
+    venvs = os.environ.get("NEMO_RL_VENV_DIR")
+    if venvs and (Path(venvs) / MEGATRON_WORKER / "bin" / "python").is_file():
+        return str(Path(venvs) / MEGATRON_WORKER / "bin" / "python")
+    from nemo_rl.utils.venvs import create_local_venv
+
+    return create_local_venv(executable, MEGATRON_WORKER)
 
 
 def export_policy(model: Path, dest: Path) -> Path:
     """The SFT checkpoint as an HF folder: what NeMo-RL's policy and vLLM generation load."""
-    if (dest / "config.json").is_file():
+    if (dest / "config.json").is_file():  # exported by an earlier attempt of this job
         return dest
-    from megatron.bridge import AutoBridge
-    from transformers import AutoConfig
-
-    bridge = AutoBridge.from_hf_config(AutoConfig.from_pretrained(str(model / mb.HF_REFERENCE_DIR), trust_remote_code=True))
-    bridge.export_ckpt(str(model / mb.MEGATRON_DIR), str(dest))
-    for item in (model / mb.HF_REFERENCE_DIR).iterdir():  # tokenizer files beside the weights
-        if "token" in item.name and not (dest / item.name).exists():
-            (dest / item.name).write_bytes(item.read_bytes())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    command = [megatron_python(), "-m", "recipes.nano3.megatron_support", "export-hf", str(model), str(dest)]
+    print(f"rl: exporting {model} for the policy: {' '.join(command)}", flush=True)
+    subprocess.run(command, env=env, check=True)
     return dest
 
 
-def nemo_rl_config(ctx: runtime.RecipeContext, policy: Path, data: Path) -> dict[str, Any]:
+def ray_cluster_shape() -> tuple[int, int]:
+    """(nodes, GPUs per node) of the Ray cluster this driver joined."""
+    import ray
+
+    gpus = [int(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node["Alive"]]
+    gpus = [count for count in gpus if count > 0]
+    if not gpus:
+        raise SystemExit("error: the Ray cluster has no GPUs; the rl stage needs a GPU profile")
+    if len(set(gpus)) > 1:
+        raise SystemExit(f"error: the Ray cluster's nodes have different GPU counts {gpus}; NeMo-RL needs equal ones")
+    return len(gpus), gpus[0]
+
+
+def _override(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value)}"  # JSON strings are Hydra's quoted strings; paths stay intact
+
+
+def nemo_rl_config(ctx: runtime.RecipeContext, policy: Path, nodes: int, gpus_per_node: int) -> dict[str, Any]:
     from nemo_rl.utils.config import load_config, parse_hydra_overrides
 
+    # NeMo-RL's example configs use ${mul:...}; its example scripts register the resolver, the library does not.
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_new_resolver("mul", lambda a, b: a * b)
     cfg = ctx.config
     base = load_config(str(cfg.nemo_rl.base_config))
-    updates = [f"policy.model_name={policy}", f"policy.tokenizer.name={policy}"]
+    updates = [_override("policy.model_name", str(policy)), _override("policy.tokenizer.name", str(policy))]
     for ours, theirs in NEMO_RL_FIELDS.items():
         value = OmegaConf.select(cfg, ours, default=None)
         if value is not None:
-            updates.append(f"{theirs}={json.dumps(value)}")
+            updates.append(_override(theirs, value))
     updates += [
-        f"checkpointing.checkpoint_dir={ctx.work_dir / 'nemo_rl'}",
-        f"logger.log_dir={ctx.work_dir / 'logs'}",
-        f"cluster.num_nodes={int(cfg.nemo_rl.num_nodes)}",
-        f"cluster.gpus_per_node={int(cfg.nemo_rl.gpus_per_node)}",
-        f"grpo.seed={ctx.seed}",
-        f"data.train_jsonl={data / 'train.jsonl'}",
-        f"data.valid_jsonl={data / 'valid.jsonl'}",
+        _override("grpo.max_num_epochs", 1_000_000),  # train.train_iters decides when to stop
+        _override("grpo.seed", ctx.seed),
+        _override("checkpointing.enabled", True),  # the examples ship with it off
+        _override("checkpointing.checkpoint_dir", str(ctx.work_dir / "nemo_rl")),
+        _override("logger.log_dir", str(ctx.work_dir / "logs")),
+        _override("cluster.num_nodes", nodes),
+        _override("cluster.gpus_per_node", gpus_per_node),
     ]
     merged = parse_hydra_overrides(base, [*updates, *(str(o) for o in cfg.get("overrides") or [])])
     return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
@@ -95,12 +138,13 @@ def rl_dataset(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> A
 
     def process(row: dict[str, Any], spec: Any, tok: Any, max_seq_length: int, idx: int) -> dict[str, Any]:
         text = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0][:max_seq_length]
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+        too_long = len(ids) > max_seq_length
         return {
-            "message_log": [{"role": "user", "content": text, "token_ids": ids}],
-            "length": len(ids),
+            "message_log": [{"role": "user", "content": text, "token_ids": ids[:max_seq_length]}],
+            "length": min(len(ids), max_seq_length),
             "extra_env_info": {"ground_truth": str(row["answer"])},
-            "loss_multiplier": 1.0,
+            "loss_multiplier": 0.0 if too_long else 1.0,  # a cut prompt is generated from but not learned
             "idx": idx,
             "task_name": "math",
         }
@@ -108,15 +152,16 @@ def rl_dataset(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> A
     return AllTaskProcessedDataset(rows, tokenizer, TaskDataSpec(task_name="math"), process, max_seq_length=max_length)
 
 
-def newest_policy_weights(checkpoint_dir: Path) -> Path:
-    steps = sorted(checkpoint_dir.glob("step_*"), key=lambda p: int(p.name.removeprefix("step_")))
+def newest_step(checkpoint_dir: Path) -> Path:
+    """NeMo-RL's newest finished checkpoint (step_N/; unfinished ones are tmp_step_N/)."""
+    steps = [p for p in checkpoint_dir.glob("step_*") if p.name.removeprefix("step_").isdigit()]
     if not steps:
         raise SystemExit(f"error: NeMo-RL wrote no checkpoint under {checkpoint_dir}")
-    return steps[-1] / "policy" / "weights"
+    return max(steps, key=lambda p: int(p.name.removeprefix("step_")))
 
 
 def main() -> None:
-    mb.require("nemo_rl", "ray", "megatron.bridge", needs="NeMo-RL", container=mb.NEMO_RL_CONTAINER)
+    mb.require("nemo_rl", "ray", needs="NeMo-RL", container=mb.NEMO_RL_CONTAINER)
     ctx = runtime.start()
     model = ctx.input_path("model")
     mb.check_megatron_input(model)
@@ -125,17 +170,22 @@ def main() -> None:
 
     from nemo_rl.algorithms.grpo import grpo_train, setup
     from nemo_rl.algorithms.utils import get_tokenizer
+    from nemo_rl.distributed.ray_actor_environment_registry import get_actor_python_env
     from nemo_rl.distributed.virtual_cluster import init_ray
     from nemo_rl.environments.math_environment import MathEnvironment
     from nemo_rl.models.generation import configure_generation_config
 
     policy = export_policy(model, ctx.work_dir / "policy_hf")
-    config = nemo_rl_config(ctx, policy, data)
+    init_ray()  # joins the job's Ray cluster (RAY_ADDRESS), or starts one on a single node
+    nodes, gpus_per_node = ray_cluster_shape()
+    config = nemo_rl_config(ctx, policy, nodes, gpus_per_node)
+    print(f"rl: GRPO on {nodes} node(s) x {gpus_per_node} GPU(s), {config['grpo']['max_num_steps']} steps", flush=True)
     tokenizer = get_tokenizer(config["policy"]["tokenizer"])
     config["policy"]["generation"] = configure_generation_config(config["policy"]["generation"], tokenizer)
     max_length = int(config["policy"]["max_total_sequence_length"])
-    init_ray()  # joins the job's Ray cluster (RAY_ADDRESS), or starts one on a single node
-    math_env = MathEnvironment.options(num_gpus=0).remote(config.get("env", {}).get("math", {"num_workers": 8}))
+    math_env = MathEnvironment.options(  # type: ignore[attr-defined]
+        runtime_env={"py_executable": get_actor_python_env(MATH_ENVIRONMENT), "env_vars": dict(os.environ)}
+    ).remote(config["env"]["math"])
     task_to_env = {"math": math_env}
     (policy_model, generation, _cluster, dataloader, val_dataloader, loss_fn, logger, checkpointer, state, master) = setup(
         config, tokenizer, rl_dataset(train_rows, tokenizer, max_length), rl_dataset(valid_rows, tokenizer, max_length)
@@ -145,10 +195,10 @@ def main() -> None:
         task_to_env, task_to_env, logger, checkpointer, state, master,
     )
 
-    weights = newest_policy_weights(ctx.work_dir / "nemo_rl")
-    iteration = mb.publish_checkpoint(weights, ctx.output_dir)
+    step = newest_step(ctx.work_dir / "nemo_rl")
+    iteration = mb.publish_checkpoint(step / "policy" / "weights", ctx.output_dir)
     mb.copy_hf_reference(model / mb.HF_REFERENCE_DIR, ctx.output_dir / mb.HF_REFERENCE_DIR)
-    runtime.finish(ctx, "checkpoint_megatron", metrics={"steps": int(config["grpo"]["max_num_steps"]), "iteration": iteration})
+    runtime.finish(ctx, "checkpoint_megatron", metrics={"steps": int(step.name.removeprefix("step_")), "iteration": iteration})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ chats (train.jsonl / valid.jsonl, `messages` per line) are handed to Megatron-Br
 dataset under the names it expects, with the model's own tokenizer and chat template; only the
 assistant turns are learned. Checkpoints and resumption as in pretrain/train_megatron.py.
 
+This is full fine-tuning whatever the recipe's default: the 25.11 container's
+`nemotron_3_nano_finetune_config` defaults to LoRA, whose checkpoint holds adapters only, and the
+stages after this one (RL, convert) need the full weights. The recipe's dataset (SQuAD from the hub)
+is replaced by a FinetuningDatasetConfig over our files.
+
     torchrun --nproc-per-node 8 recipes/nano3/sft/train_megatron.py --config resolved.yaml
 """
 
@@ -47,15 +52,22 @@ def main() -> None:
     mb.check_megatron_input(model)
     root = dataset_root(ctx.input_path("data"), ctx.work_dir)
 
+    from megatron.bridge.training.config import FinetuningDatasetConfig
     from megatron.bridge.training.finetune import finetune
     from megatron.bridge.training.gpt_step import forward_step
 
     cfg = mb.load_recipe(str(ctx.config.recipe.target))
+    cfg.peft = None
     cfg.checkpoint.pretrained_checkpoint = str(model / mb.MEGATRON_DIR)
-    cfg.tokenizer.tokenizer_type = "HuggingFaceTokenizer"
-    cfg.tokenizer.tokenizer_model = str(model / mb.HF_REFERENCE_DIR)
-    cfg.dataset.dataset_root = str(root)
-    cfg.dataset.dataset_kwargs = {"chat": True, "use_hf_tokenizer_chat_template": True}
+    mb.use_hf_tokenizer(cfg, model / mb.HF_REFERENCE_DIR)
+    cfg.dataset = FinetuningDatasetConfig(
+        dataset_root=str(root),
+        seq_length=cfg.model.seq_length,  # apply_settings sets both from train.seq_length
+        seed=ctx.seed,
+        dataset_kwargs={"chat": True, "use_hf_tokenizer_chat_template": True},
+        do_validation=True,
+        do_test=False,  # the artifact has no test split
+    )
     mb.apply_settings(cfg, ctx.config)
     save = mb.use_work_dir(cfg, ctx.work_dir, ctx.seed)
     print(f"sft: {ctx.config.recipe.target} from {model}, {cfg.train.train_iters} iterations", flush=True)
