@@ -74,14 +74,21 @@ def test_manifest_records_the_logit_check_and_the_files(export: Path) -> None:
         assert runtime.sha256_file(export / entry["path"]) == entry["sha256"], entry["path"]
     metrics = data["metrics"]
     # bf16 rounding moves the logits, by less than the tiny config allows.
-    assert 0.0 < metrics["max_abs_logit_diff"] <= data["metadata"]["max_abs_diff_allowed"]
-    assert metrics["top1_agreement"] > 0.9
+    limits = data["metadata"]["check_logits"]
+    assert 0.0 < metrics["mean_abs_logit_diff"] <= limits["max_mean_abs_diff"]
+    assert metrics["top1_agreement"] >= limits["min_top1_agreement"] > 0.5
 
 
-def test_an_export_beyond_the_tolerance_is_not_published(source_model: Path, tmp_path: Path) -> None:
-    result = run_recipe("convert", resolved_config(tmp_path, source_model, **{"check_logits.max_abs_diff": 0.0}))
+@pytest.mark.parametrize("limit, message", [
+    ("check_logits.max_abs_diff=0.0", "exceeds check_logits.max_abs_diff 0.0"),
+    ("check_logits.max_mean_abs_diff=0.0", "exceeds check_logits.max_mean_abs_diff 0.0"),
+    ("check_logits.min_top1_agreement=1.01", "is below check_logits.min_top1_agreement 1.01"),
+])
+def test_an_export_beyond_the_tolerance_is_not_published(source_model: Path, tmp_path: Path, limit: str, message: str) -> None:
+    key, value = limit.split("=")
+    result = run_recipe("convert", resolved_config(tmp_path, source_model, **{key: float(value)}))
     assert result.returncode != 0
-    assert "exceeds check_logits.max_abs_diff 0.0" in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert list((tmp_path / "output").iterdir()) == []
 

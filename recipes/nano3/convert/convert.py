@@ -10,9 +10,10 @@ The export is written to run.work_dir first, then reloaded from disk and its log
 the fp32 source's on seeded prompts. The reloaded weights are upcast to fp32 for that comparison:
 it measures what the conversion changed (rounding, or a broken tensor mapping), not what bf16
 arithmetic adds on one machine's kernels. Rounding alone moves a few logits of a small, sharply
-trained model by whole units while the rest move by hundredths, so `check_logits` can also ask
-for a share of positions whose top token is unchanged (`min_top1_agreement`): a broken mapping
-fails that by far. Only an export that passes is moved into run.output_dir; a failed check exits
+trained model by whole units while the rest move by hundredths, so `check_logits` bounds the
+mean change (`max_mean_abs_diff`) and the share of positions whose top token is unchanged
+(`min_top1_agreement`), which a broken mapping fails by far; `max_abs_diff` bounds any one
+position where the model's logits are not that sharp. Only an export that passes is moved into run.output_dir; a failed check exits
 non-zero and leaves no artifact behind.
 """
 
@@ -73,6 +74,28 @@ def logits(model: Any, prompts: Any) -> Any:
         return model(input_ids=prompts.to(model.device)).logits.float().cpu()
 
 
+#: check_logits key → (metric it bounds, whether the metric must stay at or below it). Unset keys
+#: are not checked. One position's logit is a noisy statistic on a sharply trained model (bf16
+#: rounding alone moved one by 4.9, then by 9.1, on two seeds); the mean and the top token are not.
+LIMITS = {
+    "max_abs_diff": ("max_abs_logit_diff", True),
+    "max_mean_abs_diff": ("mean_abs_logit_diff", True),
+    "min_top1_agreement": ("top1_agreement", False),
+}
+
+
+def failed_checks(result: dict[str, float], check: Any) -> list[str]:
+    failures = []
+    for key, (metric, upper) in LIMITS.items():
+        limit = check.get(key)
+        if limit is None:
+            continue
+        if (result[metric] > float(limit)) if upper else (result[metric] < float(limit)):
+            word = "exceeds" if upper else "is below"
+            failures.append(f"{metric.replace('_', ' ')} {result[metric]} {word} check_logits.{key} {limit}")
+    return failures
+
+
 def compare(reference: Any, candidate: Any) -> dict[str, float]:
     diff = (candidate - reference).abs()
     return {
@@ -129,11 +152,8 @@ def main() -> None:
     exported = AutoModelForCausalLM.from_pretrained(staging, dtype=torch.float32).to(placement.device).eval()
     result = compare(reference, logits(exported, prompts))
     print(f"logits of the {cfg.dtype} export vs the fp32 source: {result}", flush=True)
-    limit, min_agreement = float(check.max_abs_diff), float(check.get("min_top1_agreement", 0.0))
-    if result["max_abs_logit_diff"] > limit:
-        fail(f"max abs logit diff {result['max_abs_logit_diff']} exceeds check_logits.max_abs_diff {limit}", staging)
-    if result["top1_agreement"] < min_agreement:
-        fail(f"top-1 agreement {result['top1_agreement']} is below check_logits.min_top1_agreement {min_agreement}", staging)
+    for failure in failed_checks(result, check):
+        fail(failure, staging)
 
     publish(staging, ctx.output_dir)
     runtime.finish(
@@ -143,8 +163,7 @@ def main() -> None:
         metadata={
             "dtype": str(cfg.dtype),
             "parameters": hf_model.count_parameters(exported),
-            "max_abs_diff_allowed": limit,
-            "min_top1_agreement": min_agreement,
+            "check_logits": {key: check.get(key) for key in LIMITS},
             "device": str(placement.device),
         },
     )
