@@ -12,11 +12,12 @@ import io
 import os
 import re
 import shlex
+import signal
 import sys
 import tempfile
 import uuid
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,25 @@ def follow_nemorun_home() -> None:
     from nemo_run.run.torchx_backend.schedulers import slurm as slurm_scheduler
 
     slurm_scheduler.SLURM_JOB_DIRS = os.path.join(get_nemorun_home(), ".slurm_jobs")
+
+
+@contextlib.contextmanager
+def keeping_signal_handlers() -> Iterator[None]:
+    """Put back the SIGTERM/SIGINT handlers a submission replaced.
+
+    torchx's local scheduler installs handlers that raise an ordinary exception; caught by
+    Prefect's task engine, that is a failure to retry, and the retry re-attached to the still
+    running job: `kill` or Ctrl-C did not stop the run. With Prefect's own handlers back, either
+    signal ends the flow run as Crashed, and the local job stops with its orchestrator.
+    """
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                with contextlib.suppress(ValueError):  # only the main thread may set handlers
+                    signal.signal(sig, handler)
 
 
 def _reattach(record: SubmissionRecord, job: JobConfig) -> Any | None:
@@ -295,7 +315,8 @@ def submit_and_wait(
     with contextlib.redirect_stdout(io.StringIO()):
         with run.Experiment(f"nano3-{job.stage.slug}", executor=executor, log_level="WARN") as exp:
             exp.add(recipe_task(job, str(config_file)), name=job.stage.slug)
-            exp.run(detach=True)
+            with keeping_signal_handlers():
+                exp.run(detach=True)
             state, job_id, _ = _state(exp)
             store.write_record(
                 SubmissionRecord(
