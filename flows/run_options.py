@@ -175,7 +175,8 @@ def input_refs(job: JobConfig) -> list[InputRef]:
 
 
 def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
-    """Every input is published or made by an earlier stage of this run. A missing one stops the
+    """Every input is published or made by an earlier stage of this run, of the type the stage
+    consumes, and intact (ArtifactStore.check_input: digests, JSONL records). A bad one stops the
     command here, before Prefect starts a flow or a scheduler gets a job that cannot start."""
     from flows.commands.nano3 import command_for
     from tasks.artifacts import ArtifactError
@@ -184,17 +185,29 @@ def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
     producers = {stage.artifact: stage for stage in STAGES}
     earlier: set[str] = set()
     for job in jobs:
+        kinds = dict(job.stage.consumes)
         for item in input_refs(job):
             if item.artifact in earlier:
                 continue
+            producer = producers.get(item.artifact)
+            where = dict(file=str(job.config_file), key=f"run.{item.key}")
             try:
-                store.resolve(item.ref)
+                version = store.resolve(item.ref, expected_type=kinds[item.key])
+            except ConfigError as exc:
+                raise ConfigError(exc.message, **where, hint=exc.hint) from None
             except ArtifactError as exc:
-                producer = producers.get(item.artifact)
                 raise ConfigError(
                     f"stage {job.stage.id} needs {item.ref}: {exc}",
-                    file=str(job.config_file),
-                    key=f"run.{item.key}",
+                    **where,
                     hint=f"`{command_for(producer)}` publishes it" if producer else None,
+                ) from None
+            try:
+                store.check_input(version)
+            except ArtifactError as exc:
+                raise ConfigError(
+                    f"stage {job.stage.id} cannot use {version.ref}: {exc}",
+                    **where,
+                    hint=f"remove {version.uri} and run `{command_for(producer)}` to make it again" if producer
+                    else "publish a good version and point the config at it",
                 ) from None
         earlier.add(job.stage.artifact)

@@ -20,11 +20,15 @@ store's credentials reach jobs as secret env vars (job_secret_env), never in the
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
+import socket
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,8 @@ from blocks.settings import ArtifactsConfig
 from recipes.nano3.manifest import MANIFEST_NAME, Manifest
 from recipes.nano3.runtime import ENDPOINT_VAR, scratch_path
 
+#: Artifact types whose .jsonl files are records, one JSON object per line (check_input).
+RECORD_TYPES = ("raw_jsonl", "training_jsonl")
 REF_PATTERN = re.compile(r"^(?:art://)?(?P<name>[A-Za-z0-9_.-]+)(?::(?P<version>latest|v\d+))?$")
 
 
@@ -160,6 +166,40 @@ class ArtifactStore:
                     f"(sha256 {digest.hexdigest()[:12]}…, manifest says {entry.sha256[:12]}…)"
                 )
 
+    def check_input(self, version: ArtifactVersion) -> None:
+        """Before a stage consumes a published version: its manifest is the one the registry
+        recorded, every file matches its sha256, and the JSONL files of record types hold one
+        JSON object per line and are not empty. The recipe would otherwise read a corrupted or
+        truncated file, or fail halfway through a job on a line it cannot parse."""
+        manifest = self.read_manifest(version.uri)
+        if manifest is None:
+            raise ArtifactError(f"artifact {version.ref}: no manifest at {version.uri}")
+        if manifest.digest != version.digest:
+            raise ArtifactError(
+                f"artifact {version.ref}: {version.uri} holds {manifest.digest[:19]}…, the registry recorded {version.digest[:19]}…"
+            )
+        self.verify(version.ref, version.uri, manifest)
+        if version.type not in RECORD_TYPES:
+            return
+        fs, base = self._fs_path(version.uri)
+        for entry in manifest.files:
+            if not entry.path.endswith(".jsonl"):
+                continue
+            if entry.size == 0:
+                raise ArtifactError(f"artifact {version.ref}: file {entry.path} is empty")
+            with fs.open(f"{base}/{entry.path}", "rb") as handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except ValueError as exc:
+                        raise ArtifactError(
+                            f"artifact {version.ref}: {entry.path} line {number} is not JSON ({str(exc).split(':')[0]})"
+                        ) from None
+                    if not isinstance(record, dict):
+                        raise ArtifactError(f"artifact {version.ref}: {entry.path} line {number} is not a JSON object")
+
     # --- registry -------------------------------------------------------------------------
     def _versions(self, name: str) -> list[int]:
         folder = self._path("_registry", name)
@@ -258,10 +298,17 @@ class ArtifactStore:
         return True
 
     def _write_latest(self, name: str, record: ArtifactVersion) -> None:
-        current = self.latest(name)
-        if current and _version_number(current.version) > _version_number(record.version):
-            return  # a newer version was published meanwhile; never move latest backwards
-        self._write_atomic(self._path("_registry", name, "latest.json"), record.model_dump_json(indent=2))
+        """Point `latest` at the newest version. Reading `latest` and then replacing it is not
+        atomic: a publisher of v1 that read it before a publisher of v2 wrote it would move it
+        back to v1. So every publisher checks after writing, and writes again while `latest` is
+        not the newest version file: the last writer always leaves it on the newest."""
+        while True:
+            current = self.latest(name)
+            versions = self._versions(name)
+            newest = (self.version(name, f"v{versions[-1]}") if versions else None) or record
+            if current is not None and current.version == newest.version:
+                return
+            self._write_atomic(self._path("_registry", name, "latest.json"), newest.model_dump_json(indent=2))
 
     def _write_atomic(self, path: str, text: str) -> None:
         self.fs.makedirs(str(Path(path).parent), exist_ok=True)
@@ -280,9 +327,36 @@ class ArtifactStore:
     def write_record(self, record: SubmissionRecord) -> None:
         self._write_atomic(self._path("_runs", f"{record.cache_key}.json"), record.model_dump_json(indent=2))
 
+    @contextlib.contextmanager
+    def claim(self, cache_key: str, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """The exclusive right to compute `cache_key` among the orchestrators sharing this store.
 
-def _version_number(version: str) -> int:
-    return int(version.removeprefix("v"))
+        Two identical runs started together both find no manifest; without a claim both would
+        submit a job into the same work folder. The second waits here (on_wait is told why),
+        then finds the first one's manifest. On a local store the claim is an flock on
+        `_runs/<cache_key>.lock`: the kernel releases it when its holder dies, SIGKILL
+        included, so a crashed run never blocks its rerun. Remote stores have no such lock;
+        there a rerun relies on the submission record and re-attaching (tasks.submit).
+        """
+        if not self.is_local:
+            yield
+            return
+        path = Path(self._path("_runs", f"{cache_key}.lock"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                if on_wait is not None:
+                    on_wait(f"another run (pid {holder}) is computing cache key {cache_key}; waiting for it")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
 
 #: Where artifacts go when neither env.toml [artifacts] nor NANO3_ARTIFACTS_ROOT says otherwise.

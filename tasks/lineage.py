@@ -7,6 +7,7 @@ W&B cannot record `use_artifact` edges, so the inputs go into the artifact's met
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -152,7 +153,15 @@ def mirror_to_wandb(
                 "inputs": [{"ref": r.ref, "digest": r.digest, "type": r.type} for r in inputs.values()],
             },
         )
-        artifact.add_reference(asset_key(output.uri), checksum=False)
+        try:
+            artifact.add_reference(asset_key(output.uri), checksum=False)
+        except wandb.Error:
+            # W&B resolves an s3:// (gs://, az://) reference with that cloud's own SDK, boto3 for
+            # S3, which nothing else here needs (s3fs speaks to S3 through aiobotocore) and which
+            # is not installed: the mirror then holds the location as a file instead of failing
+            # a stage whose output is already published.
+            with artifact.new_file("reference.json") as handle:
+                json.dump({"uri": output.uri, "digest": output.digest}, handle)
         if mode == "online":
             for ref in inputs.values():
                 run.use_artifact(f"{ref.name}:{ref.version}")

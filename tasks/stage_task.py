@@ -158,6 +158,38 @@ STAGE_TASK_OPTIONS: dict[str, Any] = dict(
 )
 
 
+def _submit_until_done(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None) -> Literal["ran", "reattached"]:
+    """Submit (or re-attach), wait, and chain jobs stopped by a time limit; fail without a manifest."""
+    logger = get_run_logger()
+    logger.info(f"{prepared.stage_id}: cache key {prepared.cache_key}, submitting through {prepared.job.profile.executor}")
+    reporter = ProgressReporter(prepared.stage_id)
+    secret_env = (
+        {"WANDB_API_KEY": wandb.api_key.get_secret_value()} if wandb is not None and wandb.api_key is not None else {}
+    )
+    secret_env.update(store.job_secret_env())  # a remote store's credentials, for the recipe's s3fs
+    for chained in range(1, MAX_CHAINED_JOBS + 1):
+        outcome = submit_and_wait(
+            prepared.job,
+            resolved_config=prepared.resolved_yaml,
+            cache_key=prepared.cache_key,
+            work_dir=prepared.work_url,
+            store=store,
+            detached=False,
+            on_line=reporter,
+            extra_secret_env=secret_env,
+        )
+        if not outcome.stopped_by_time_limit or store.read_manifest(prepared.output_url) is not None:
+            break
+        # A time limit is progress, not a failure: the next job resumes from the checkpoint.
+        logger.info(f"{prepared.stage_id}: job {outcome.job_id} reached its time limit; submitting job {chained + 1}")
+    if store.read_manifest(prepared.output_url) is None:
+        tail = "\n".join(outcome.log_tail[-20:])
+        raise StageFailed(
+            f"{prepared.stage_id}: job {outcome.job_id} ended {outcome.state} without a manifest; last log lines:\n{tail}"
+        )
+    return "reattached" if outcome.reattached else "ran"
+
+
 def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None) -> StageResult:
     """Attached: submit (or re-attach), wait, publish. Detached submission is flows.detached's."""
     from tasks.lineage import describe_asset_materialization, mirror_to_wandb, publish_stage_artifacts
@@ -165,37 +197,14 @@ def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig
     logger = get_run_logger()
     started = time.monotonic()
     status: Literal["ran", "cached", "reattached"] = "cached"
-    if store.read_manifest(prepared.output_url) is None:
-        logger.info(f"{prepared.stage_id}: cache key {prepared.cache_key}, submitting through {prepared.job.profile.executor}")
-        reporter = ProgressReporter(prepared.stage_id)
-        secret_env = (
-            {"WANDB_API_KEY": wandb.api_key.get_secret_value()} if wandb is not None and wandb.api_key is not None else {}
-        )
-        secret_env.update(store.job_secret_env())  # a remote store's credentials, for the recipe's s3fs
-        for chained in range(1, MAX_CHAINED_JOBS + 1):
-            outcome = submit_and_wait(
-                prepared.job,
-                resolved_config=prepared.resolved_yaml,
-                cache_key=prepared.cache_key,
-                work_dir=prepared.work_url,
-                store=store,
-                detached=False,
-                on_line=reporter,
-                extra_secret_env=secret_env,
-            )
-            if not outcome.stopped_by_time_limit or store.read_manifest(prepared.output_url) is not None:
-                break
-            # A time limit is progress, not a failure: the next job resumes from the checkpoint.
-            logger.info(f"{prepared.stage_id}: job {outcome.job_id} reached its time limit; submitting job {chained + 1}")
-        status = "reattached" if outcome.reattached else "ran"
+    # Held through publishing: a second identical run waits, then finds the manifest and the
+    # version this one published, instead of submitting a job into the same work folder.
+    with store.claim(prepared.cache_key, on_wait=logger.info):
         if store.read_manifest(prepared.output_url) is None:
-            tail = "\n".join(outcome.log_tail[-20:])
-            raise StageFailed(
-                f"{prepared.stage_id}: job {outcome.job_id} ended {outcome.state} without a manifest; last log lines:\n{tail}"
-            )
-    else:
-        logger.info(f"{prepared.stage_id}: output for cache key {prepared.cache_key} exists; verifying")
-    artifact = _publish(prepared, store)
+            status = _submit_until_done(prepared, store, wandb)
+        else:
+            logger.info(f"{prepared.stage_id}: output for cache key {prepared.cache_key} exists; verifying")
+        artifact = _publish(prepared, store)
     publish_stage_artifacts(prepared.stage_id, artifact, prepared.inputs, status)
     describe_asset_materialization(artifact)
     mirror_to_wandb(wandb, prepared.stage_id, artifact, prepared.inputs, store_wandb_dir(store))

@@ -9,10 +9,12 @@ import sys
 import time
 
 from recipes.nano3 import runtime
+from tests.toy_recipes.journal import record_start
 
 
 def main() -> None:
     ctx = runtime.start()
+    record_start(ctx.work_dir, ctx.output_dir)
     cfg = ctx.config
     start = 0
     found = runtime.latest_checkpoint(ctx.work_dir)
