@@ -332,5 +332,11 @@ def submit_and_wait(
             if detached:
                 return JobOutcome(state, exp._id, job_id, False, [])
             # Waiting inside the block: leaving it makes NeMo-Run wait on local jobs itself.
-            with contextlib.redirect_stdout(real_stdout):
-                return _wait(exp, on_line, reattached=False)
+            try:
+                with contextlib.redirect_stdout(real_stdout):
+                    return _wait(exp, on_line, reattached=False)
+            except BaseException:
+                # Stopped while waiting (a signal, a crash): leave without NeMo-Run waiting for the
+                # job; a local one stops with this process, a scheduler's is re-attached later.
+                exp.detach = True
+                raise
