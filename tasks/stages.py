@@ -130,8 +130,9 @@ class Stage:
         return self.id.replace("/", "-")
 
 
-def _data_prep(kind: str, produces: str, description: str) -> Stage:
-    """A data prep stage: one script for both backends (the default configs run it at scale)."""
+def _data_prep(kind: str, produces: str, description: str, at_scale: Launcher = "direct") -> Stage:
+    """A data prep stage: one script for both backends. `at_scale` is backend megatron's launcher:
+    `ray` starts a Ray cluster over the job's nodes and the recipe fans its encoding out on it."""
     return Stage(
         id=f"data_prep/{kind}",
         folder=f"data_prep/{kind}",
@@ -140,12 +141,13 @@ def _data_prep(kind: str, produces: str, description: str) -> Stage:
         produces=produces,
         artifact=f"nano3-{kind}-data",
         description=description,
-        alternatives=(("megatron", Runtime(script="prep.py", consumes=(), produces=produces)),),
+        alternatives=(("megatron", Runtime(script="prep.py", consumes=(), produces=produces, launcher=at_scale)),),
     )
 
 
 STAGES: tuple[Stage, ...] = (
-    _data_prep("pretrain", "binidx", "Tokenizer training and pretraining corpus → megatron .bin/.idx with a blend file."),
+    _data_prep("pretrain", "binidx", "Tokenizer training and pretraining corpus → megatron .bin/.idx with a blend file.",
+               at_scale="ray"),
     _data_prep("sft", "training_jsonl", "Chat-format SFT data with held-out problems."),
     _data_prep("rl", "training_jsonl", "Prompts with verifiable answers for RL."),
     Stage(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,24 @@ def test_same_seed_same_bytes_and_a_rerun_resumes(pretrain_data: Path, tmp_path:
         original = (pretrain_data / name).read_bytes()
         assert (tmp_path / "fresh" / name).read_bytes() == original, name
         assert (tmp_path / "resumed" / name).read_bytes() == original, name
+
+
+def test_ray_engine_writes_the_same_bytes(pretrain_data: Path, tmp_path: Path) -> None:
+    """Encoding fanned out over a local Ray of 2 workers gives the single-process run's bytes."""
+    work = tmp_path / "work"
+    shutil.copytree(pretrain_data.parent / "work" / "checkpoints", work / "checkpoints")  # corpus and tokenizer
+    overrides = {**PRETRAIN_OVERRIDES, "encode.engine": "ray", "encode.workers": 2}
+    config = write_resolved_config(tmp_path / "ray.yaml", "data_prep/pretrain", config_path("data_prep/pretrain"),
+                                   tmp_path / "ray", work, overrides=overrides)
+    run = wait(start_recipe("data_prep/pretrain", config))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "resumed from step 2" in run.stdout and "Started a local Ray instance" in run.stderr
+    for name in ("train_text_document.bin", "train_text_document.idx", "valid_text_document.bin",
+                 "valid_text_document.idx", "blend.json", "valid_text.jsonl"):
+        assert (tmp_path / "ray" / name).read_bytes() == (pretrain_data / name).read_bytes(), name
+    single, fanned = manifest(pretrain_data)["metrics"], manifest(tmp_path / "ray")["metrics"]
+    assert {k: v for k, v in fanned.items() if k != "seconds"} == {k: v for k, v in single.items() if k != "seconds"}
+    assert not list((work / "shards").rglob("shard_*")), "shards are removed once joined"
 
 
 #: (stage, base config, overrides, what stderr must say). The default configs read the hub, which

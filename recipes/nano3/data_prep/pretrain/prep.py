@@ -9,25 +9,28 @@
 Two phases are checkpointed under work_dir, because they are the slow ones at hub scale: the
 split corpus (step 1) and the trained tokenizer (step 2). A rerun of the same config resumes
 after the newest and only re-encodes, which is deterministic: same config, same bytes.
+
+Encoding (binidx.py) cuts the corpus into shards, encodes them on `encode.workers` processes
+(one per core by default) or, with `encode.engine: ray`, as Ray tasks, and joins them in order:
+the same bytes either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import itertools
 import json
+import os
 import shutil
 import time
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from recipes.nano3 import runtime
-from recipes.nano3.data_prep import corpus, tokenizer
+from recipes.nano3.data_prep import binidx, corpus, tokenizer
 
 CORPUS_STEP, TOKENIZER_STEP = 1, 2
 TRAIN_PREFIX, VALID_PREFIX = "train_text_document", "valid_text_document"
-ENCODE_BATCH = 1024
 
 
 def fingerprint(ctx: runtime.RecipeContext) -> str:
@@ -95,23 +98,34 @@ def train_tokenizer(ctx: runtime.RecipeContext) -> None:
     complete(ctx, TOKENIZER_STEP)
 
 
-def encode(tok, documents_path: Path, prefix: Path, total: int, phase: str) -> int:
-    """One document per docstring, eos appended; returns the token count."""
-    import numpy as np
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+def encode_settings(ctx: runtime.RecipeContext) -> tuple[str, int]:
+    """(engine, workers): without an `encode` block, worker processes, one per core."""
+    encode_cfg = ctx.config.get("encode") or {}
+    engine = str(encode_cfg.get("engine", "process"))
+    if engine not in binidx.ENGINES:
+        raise SystemExit(f"error: encode.engine must be one of {', '.join(binidx.ENGINES)}, got {engine!r}")
+    return engine, int(encode_cfg.get("workers") or os.cpu_count() or 1)
 
-    eos = tok.token_to_id(tokenizer.EOS)
-    builder = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=DType.optimal_dtype(tok.get_vocab_size()))
-    documents, done, tokens = corpus.read_texts(documents_path), 0, 0
-    while batch := list(itertools.islice(documents, ENCODE_BATCH)):
-        for encoding in tok.encode_batch(batch, add_special_tokens=False):
-            ids = np.asarray([*encoding.ids, eos])
-            builder.add_document(ids, [ids.size])
-            tokens += ids.size
-        done += len(batch)
-        runtime.progress(done, total, phase=phase, tokens=tokens)
-    builder.finalize(str(prefix) + ".idx")
-    return tokens
+
+def encode(ctx: runtime.RecipeContext, tok, split: str, prefix: str, total: int, engine: str, workers: int) -> int:
+    """One document per JSONL line, eos appended (binidx.py); returns the token count."""
+    phase = f"encode_{split}"
+
+    def report(documents: int, tokens: int) -> None:
+        runtime.progress(documents, total, phase=phase, tokens=tokens)
+
+    counts = binidx.encode(
+        tok,
+        runtime.checkpoint_dir(ctx.work_dir, CORPUS_STEP) / f"{split}.jsonl",
+        ctx.output_dir / prefix,
+        eos=tokenizer.EOS,
+        engine=engine,
+        workers=workers,
+        shard_dir=ctx.work_dir / "shards" / split,
+        on_progress=report,
+    )
+    report(counts.documents, counts.tokens)
+    return counts.tokens
 
 
 def main() -> None:
@@ -120,6 +134,7 @@ def main() -> None:
     cfg = ctx.config
     special_tokens = list(cfg.tokenizer.special_tokens)
     tokenizer.check_special_tokens(special_tokens)
+    engine, workers = encode_settings(ctx)
 
     step = resume_step(ctx)
     if step < CORPUS_STEP:
@@ -134,8 +149,9 @@ def main() -> None:
     tok = Tokenizer.from_file(str(runtime.checkpoint_dir(ctx.work_dir, TOKENIZER_STEP) / "tokenizer.json"))
     tokenizer.save(tok, special_tokens, ctx.output_dir / "tokenizer")
     out = ctx.output_dir
-    tokens_train = encode(tok, corpus_dir / "train.jsonl", out / TRAIN_PREFIX, stats["documents_train"], "encode_train")
-    tokens_valid = encode(tok, corpus_dir / "valid.jsonl", out / VALID_PREFIX, stats["documents_valid"], "encode_valid")
+    with binidx.ray_cluster(workers) if engine == "ray" else contextlib.nullcontext():  # one Ray for both splits
+        tokens_train = encode(ctx, tok, "train", TRAIN_PREFIX, stats["documents_train"], engine, workers)
+        tokens_valid = encode(ctx, tok, "valid", VALID_PREFIX, stats["documents_valid"], engine, workers)
     blend = {"train": ["1.0", TRAIN_PREFIX], "validation": ["1.0", VALID_PREFIX], "test": ["1.0", VALID_PREFIX]}
     (out / "blend.json").write_text(json.dumps(blend, indent=2) + "\n")
     shutil.copyfile(corpus_dir / "valid.jsonl", out / "valid_text.jsonl")

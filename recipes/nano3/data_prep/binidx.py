@@ -1,0 +1,401 @@
+"""JSONL documents → megatron-core's indexed dataset (.bin/.idx), over worker processes or Ray tasks.
+
+    python -m recipes.nano3.data_prep.binidx --tokenizer tokenizer.json --input docs.jsonl \\
+        --output-prefix out/train_text_document [--engine ray --workers 8]
+
+Each `{"text": ...}` line becomes one document: its token ids and the end-of-document token.
+The files are byte for byte what megatron-core's `IndexedDatasetBuilder` writes for one
+`add_document(ids, [len(ids)])` per document (tests/recipes/test_binidx.py compares them), and
+megatron-core's `IndexedDataset` reads them. They are written here rather than through the
+builder because importing `megatron.core` costs 9 CPU-seconds on a 2-core machine, about half of
+tokenizing 60 MB (docs/performance.md, "P1 data prep").
+
+The input is cut into shards (byte ranges starting at a line, in input order); each shard is
+encoded by one process, one thread, into a shard .bin/.idx under `shard_dir`; the shards are then
+concatenated in order. A process per core keeps every core on the tokenizer: Python's part (JSON
+parsing, token arrays) runs beside it on the same core instead of holding the others up, which
+a single process with the tokenizer's own threads cannot do. Engines, same bytes from all:
+
+- `process`: a pool of `workers` processes on this machine (one per core by default). An input
+  under two shards' worth, or `workers: 1`, is encoded in this process, on all cores.
+- `ray`: `workers` Ray tasks at a time. With `RAY_ADDRESS` set (a NeMo-Run RayJob or RayCluster)
+  the tasks go to that cluster, whose nodes must all see the input and `shard_dir`; otherwise a
+  local Ray with `workers` CPUs is started for the run and shut down after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+#: megatron-core's .idx header, format version, and dtype codes (megatron.core.datasets.indexed_dataset).
+INDEX_HEADER = b"MMIDIDX\x00\x00"
+INDEX_VERSION = 1
+DTYPE_CODES = {np.dtype(np.uint16): 8, np.dtype(np.int32): 4}
+#: Text per encode_batch call: one call over a whole corpus holds every Encoding (ids, offsets,
+#: token strings) at once, gigabytes, and is slower than calls over 1 MiB (docs/performance.md).
+BATCH_BYTES = 1 << 20
+#: Shards per worker: a worker that finishes early takes the next shard, so a stretch of the input
+#: slower to encode than the rest does not leave the other cores idle at the end.
+SHARDS_PER_WORKER = 8
+#: No shard smaller than this: each costs a file pair and a task.
+MIN_SHARD_BYTES = 256 << 10
+ENGINES = ("process", "ray")
+
+Progress = Callable[[int, int], None]  # (documents, tokens) so far
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """megatron-core's DType.optimal_dtype: uint16 under 65,500 ids, int32 above."""
+    return np.dtype(np.uint16 if vocab_size < 65500 else np.int32)
+
+
+@dataclass(frozen=True)
+class Counts:
+    documents: int
+    tokens: int
+
+
+class IndexedDatasetWriter:
+    """Appends documents to `<prefix>.bin` as they come; `finish()` writes `<prefix>.idx`.
+
+    One sequence per document, as IndexedDatasetBuilder.add_document(ids, [len(ids)]) makes them.
+    Only the sequence lengths stay in memory (4 bytes a document) until the index is written.
+    """
+
+    def __init__(self, prefix: Path | str, dtype: np.dtype) -> None:
+        self.prefix = str(prefix)
+        self.dtype = np.dtype(dtype)
+        self._bin = open(self.prefix + ".bin", "wb")  # noqa: SIM115 - closed in finish()
+        self._lengths: list[np.ndarray] = []
+        self.documents = self.tokens = 0
+
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """`tokens`: the documents' ids one after the other; `lengths`: each document's count."""
+        self._bin.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        self._lengths.append(np.asarray(lengths, dtype=np.int32))
+        self.documents += len(lengths)
+        self.tokens += int(tokens.size)
+
+    def add_shard(self, prefix: Path | str) -> None:
+        """Append a whole .bin/.idx pair written with the same dtype (IndexedDatasetBuilder.add_index)."""
+        dtype, lengths = read_lengths(str(prefix) + ".idx")
+        if dtype != self.dtype:
+            raise ValueError(f"{prefix}.idx holds {dtype} tokens, this dataset {self.dtype}")
+        with open(str(prefix) + ".bin", "rb") as shard:
+            shutil.copyfileobj(shard, self._bin, 16 << 20)
+        self._lengths.append(lengths)
+        self.documents += len(lengths)
+        self.tokens += int(lengths.sum(dtype=np.int64))
+
+    def finish(self) -> Counts:
+        self._bin.close()
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int32)
+        pointers = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1], dtype=np.int64, out=pointers[1:])
+        pointers *= self.dtype.itemsize
+        with open(self.prefix + ".idx", "wb") as idx:
+            idx.write(INDEX_HEADER)
+            idx.write(struct.pack("<Q", INDEX_VERSION))
+            idx.write(struct.pack("<B", DTYPE_CODES[self.dtype]))
+            idx.write(struct.pack("<Q", len(lengths)))  # sequences
+            idx.write(struct.pack("<Q", len(lengths) + 1))  # document boundaries, 0 first
+            idx.write(lengths.tobytes())
+            idx.write(pointers.tobytes())
+            idx.write(np.arange(len(lengths) + 1, dtype=np.int64).tobytes())
+        return Counts(self.documents, self.tokens)
+
+
+def read_lengths(idx_path: str) -> tuple[np.dtype, np.ndarray]:
+    """(token dtype, sequence lengths) of an .idx written as above: one sequence per document."""
+    with open(idx_path, "rb") as idx:
+        head = idx.read(len(INDEX_HEADER) + 8 + 1 + 8 + 8)
+        if head[: len(INDEX_HEADER)] != INDEX_HEADER:
+            raise ValueError(f"{idx_path}: not a megatron .idx file")
+        offset = len(INDEX_HEADER) + 8
+        code = head[offset]
+        sequences, documents = struct.unpack("<QQ", head[offset + 1 :])
+        if documents != sequences + 1:
+            raise ValueError(f"{idx_path}: {sequences} sequences in {documents - 1} documents; one each expected")
+        lengths = np.fromfile(idx, dtype=np.int32, count=sequences)
+    dtype = {code: dtype for dtype, code in DTYPE_CODES.items()}[code]
+    return dtype, lengths
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _loads() -> Callable[[bytes], dict]:
+    """orjson where installed (twice json's speed on these lines), else json: the same strings."""
+    try:
+        import orjson
+    except ImportError:
+        return json.loads
+
+    def loads(line: bytes) -> dict:
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError:  # e.g. an escaped lone surrogate, which json accepts
+            return json.loads(line)
+
+    return loads
+
+
+def text_batches(path: Path, start: int = 0, end: int | None = None, batch_bytes: int = BATCH_BYTES) -> Iterator[list[str]]:
+    """The `text` of the lines that start in [start, end), in batches of about batch_bytes."""
+    loads = _loads()
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        position, batch, size = start, [], 0
+        for line in handle:
+            if end is not None and position >= end:
+                break
+            position += len(line)
+            if not line.strip():
+                continue
+            batch.append(loads(line)["text"])
+            size += len(line)
+            if size >= batch_bytes:
+                yield batch
+                batch, size = [], 0
+        if batch:
+            yield batch
+
+
+def line_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
+    """`parts` byte ranges of about equal size, each starting at a line: shards in input order."""
+    size = path.stat().st_size
+    cuts = [0]
+    with open(path, "rb") as handle:
+        for i in range(1, parts):
+            handle.seek(max(size * i // parts - 1, cuts[-1]))
+            handle.readline()  # to the start of the next line
+            cuts.append(max(min(handle.tell(), size), cuts[-1]))
+    cuts.append(size)
+    return [(a, b) for a, b in zip(cuts, cuts[1:])]
+
+
+# --- one shard ---------------------------------------------------------------------------------
+
+
+def encode_range(
+    tok: Tokenizer,
+    path: Path,
+    prefix: Path | str,
+    *,
+    eos: str,
+    start: int = 0,
+    end: int | None = None,
+    batch_bytes: int = BATCH_BYTES,
+    on_progress: Progress = lambda documents, tokens: None,
+) -> Counts:
+    """Encode the lines of `path` that start in [start, end) into `<prefix>.bin/.idx`."""
+    eos_id = tok.token_to_id(eos)
+    if eos_id is None:
+        raise SystemExit(f"error: the tokenizer has no token {eos!r} to end documents with")
+    writer = IndexedDatasetWriter(prefix, token_dtype(tok.get_vocab_size()))
+    dtype = writer.dtype
+    for texts in text_batches(path, start, end, batch_bytes):
+        arrays = []
+        for encoding in tok.encode_batch(texts, add_special_tokens=False):
+            ids = encoding.ids
+            ids.append(eos_id)
+            arrays.append(np.array(ids, dtype=dtype))
+        writer.add_documents(np.concatenate(arrays), np.fromiter(map(len, arrays), np.int32, len(arrays)))
+        on_progress(writer.documents, writer.tokens)
+    return writer.finish()
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str
+    start: int
+    end: int
+    prefix: str
+    eos: str
+    batch_bytes: int
+
+
+#: The tokenizer of this worker process, parsed once for all the shards it encodes.
+_worker_tokenizer: dict[str, Tokenizer] = {}
+
+
+def _use_tokenizer(tokenizer_json: str) -> Tokenizer:
+    """One thread per worker: the parallelism is the workers' (the tokenizer's own threads would
+    compete with the other workers for the same cores)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if tokenizer_json not in _worker_tokenizer:
+        from tokenizers import Tokenizer
+
+        _worker_tokenizer.clear()
+        _worker_tokenizer[tokenizer_json] = Tokenizer.from_str(tokenizer_json)
+    return _worker_tokenizer[tokenizer_json]
+
+
+def _encode_shard(shard: Shard, tokenizer_json: str | None = None) -> Counts:
+    tok = _use_tokenizer(tokenizer_json) if tokenizer_json else next(iter(_worker_tokenizer.values()))
+    return encode_range(tok, Path(shard.path), shard.prefix, eos=shard.eos, start=shard.start, end=shard.end,
+                        batch_bytes=shard.batch_bytes)
+
+
+def plan_shards(path: Path, prefix: Path | str, workers: int, shard_dir: Path, eos: str, batch_bytes: int) -> list[Shard]:
+    """SHARDS_PER_WORKER shards per worker, none under MIN_SHARD_BYTES, in input order."""
+    count = max(1, min(workers * SHARDS_PER_WORKER, math.ceil(path.stat().st_size / MIN_SHARD_BYTES)))
+    name = Path(prefix).name
+    return [Shard(str(path), a, b, str(shard_dir / f"{name}.{i:05d}"), eos, batch_bytes)
+            for i, (a, b) in enumerate(line_ranges(path, count))]
+
+
+def join_shards(shards: list[Shard], prefix: Path | str, dtype: np.dtype, shard_dir: Path) -> Counts:
+    writer = IndexedDatasetWriter(prefix, dtype)
+    for shard in shards:
+        writer.add_shard(shard.prefix)
+    counts = writer.finish()
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    return counts
+
+
+# --- the engines --------------------------------------------------------------------------------
+
+
+def encode_with_processes(
+    tok: Tokenizer,
+    path: Path,
+    prefix: Path | str,
+    *,
+    eos: str,
+    workers: int,
+    shard_dir: Path,
+    batch_bytes: int = BATCH_BYTES,
+    on_progress: Progress = lambda documents, tokens: None,
+) -> Counts:
+    """Shards over a pool of `workers` processes; one shard, or one worker, in this process."""
+    shards = plan_shards(path, prefix, workers, shard_dir, eos, batch_bytes)
+    if workers == 1 or len(shards) == 1:
+        return encode_range(tok, path, prefix, eos=eos, batch_bytes=batch_bytes, on_progress=on_progress)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    documents = tokens = 0
+    # spawn, not fork: this process may hold the tokenizer's threads (it may have just trained it).
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(workers, len(shards)), initializer=_use_tokenizer, initargs=(tok.to_str(),)) as pool:
+        for counts in pool.imap(_encode_shard, shards):
+            documents, tokens = documents + counts.documents, tokens + counts.tokens
+            on_progress(documents, tokens)
+    return join_shards(shards, prefix, token_dtype(tok.get_vocab_size()), shard_dir)
+
+
+@contextlib.contextmanager
+def ray_cluster(workers: int) -> Iterator[None]:
+    """Ray for the block: the cluster at RAY_ADDRESS, or a local one of `workers` CPUs started for it.
+
+    A local Ray is this run's alone (no dashboard) and is shut down with every process it
+    started when the block ends; a Ray this process had already joined is left as it is.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a run's own Ray reports nowhere
+        ray.init(num_cpus=workers, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def encode_with_ray(
+    tok: Tokenizer,
+    path: Path,
+    prefix: Path | str,
+    *,
+    eos: str,
+    workers: int,
+    shard_dir: Path,
+    batch_bytes: int = BATCH_BYTES,
+    on_progress: Progress = lambda documents, tokens: None,
+) -> Counts:
+    """Shards as Ray tasks of one CPU each, `workers` CPUs' worth of them at a time on a local Ray."""
+    import ray
+
+    shards = plan_shards(path, prefix, workers, shard_dir, eos, batch_bytes)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    documents = tokens = 0
+    with ray_cluster(workers):
+        encode_shard = ray.remote(num_cpus=1, max_retries=2)(_encode_shard)
+        tokenizer_json = ray.put(tok.to_str())
+        pending = [encode_shard.remote(shard, tokenizer_json) for shard in shards]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            counts = ray.get(ready[0])
+            documents, tokens = documents + counts.documents, tokens + counts.tokens
+            on_progress(documents, tokens)
+    return join_shards(shards, prefix, token_dtype(tok.get_vocab_size()), shard_dir)
+
+
+def encode(
+    tok: Tokenizer,
+    path: Path,
+    prefix: Path | str,
+    *,
+    eos: str,
+    engine: str = "process",
+    workers: int = 1,
+    shard_dir: Path | None = None,
+    batch_bytes: int = BATCH_BYTES,
+    on_progress: Progress = lambda documents, tokens: None,
+) -> Counts:
+    """The engine's way to the same bytes; shard_dir defaults to `<prefix>.shards/`."""
+    if engine not in ENGINES:
+        raise SystemExit(f"error: encode.engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if workers < 1:
+        raise SystemExit(f"error: encode.workers must be 1 or more, got {workers}")
+    run = encode_with_processes if engine == "process" else encode_with_ray
+    return run(tok, path, prefix, eos=eos, workers=workers, shard_dir=shard_dir or Path(f"{prefix}.shards"),
+               batch_bytes=batch_bytes, on_progress=on_progress)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer", required=True, type=Path, help="a tokenizers JSON file")
+    parser.add_argument("--input", required=True, type=Path, help='JSON Lines of {"text": ...}')
+    parser.add_argument("--output-prefix", required=True, help="writes <prefix>.bin and <prefix>.idx")
+    parser.add_argument("--eos", default="<eos>", help="the token appended to every document")
+    parser.add_argument("--engine", choices=ENGINES, default="process")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes, or Ray CPUs")
+    parser.add_argument("--batch-bytes", type=int, default=BATCH_BYTES)
+    args = parser.parse_args(argv)
+    from tokenizers import Tokenizer
+
+    started = time.monotonic()
+    counts = encode(Tokenizer.from_file(str(args.tokenizer)), args.input, args.output_prefix, eos=args.eos,
+                    engine=args.engine, workers=args.workers, batch_bytes=args.batch_bytes)
+    seconds = time.monotonic() - started
+    print(json.dumps({"documents": counts.documents, "tokens": counts.tokens, "seconds": round(seconds, 3)}))
+
+
+if __name__ == "__main__":
+    # Through the module's own name, so that worker processes and Ray tasks find what they unpickle.
+    from recipes.nano3.data_prep import binidx
+
+    sys.exit(binidx.main())
