@@ -127,10 +127,24 @@ def run_stages(options: RunOptions, stages: list[Stage], flow_name: str = PIPELI
 
         check_detachable(context)
     check_inputs(stage_jobs(context, stages), open_store(context.artifacts))
+    exit_on_sigterm()
     if options.detached:
         submit_detached(options, stages, flow_name)
     else:
         run_pipeline(options, stages, flow_name)
+
+
+def exit_on_sigterm() -> None:
+    """`kill <pid>` exits like Ctrl-C does, through Python's exit path.
+
+    Prefect turns SIGTERM into a Crashed flow run and then re-delivers it to the handler found
+    before the run; with the default one the process dies at once and its exit handlers never
+    run, leaving Prefect's temporary server (started when no server is configured) behind.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def make_options(config: str | None, run: str | None, batch: str | None, dry_run: bool, overrides: list[str]) -> RunOptions:

@@ -8,6 +8,8 @@ exception; Prefect took that for a task failure, retried it and carried on with 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -70,3 +72,40 @@ def test_a_signal_stops_the_run_and_its_job(tmp_path: Path, prefect_api: str, si
     assert code == 0, sandbox.log()[-3000:]
     assert {r["stage"]: r["status"] for r in results}["toy/train"] == "ran"
     assert "resumed from step" in sandbox.log()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_leaves_no_temporary_prefect_server_behind(tmp_path: Path, prefect_api: str) -> None:
+    """Without a configured server Prefect starts a temporary one as a child process; `kill`
+    must stop it too (it is stopped by an exit handler, which a death by signal skips)."""
+    sandbox = Sandbox(tmp_path, prefect_api)
+    (tmp_path / "home").mkdir()
+    log = (tmp_path / "nano3.log").open("w")
+    orchestrator = subprocess.Popen(
+        [sys.executable, "-m", "flows.nano3", "--stages", "data_prep/pretrain"], cwd=tmp_path / "home",
+        env=sandbox.env(PREFECT_API_URL=None, WANDB_MODE="disabled"), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while "phase=" not in (tmp_path / "nano3.log").read_text():
+        assert orchestrator.poll() is None, (tmp_path / "nano3.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the data prep job reported no progress"
+        time.sleep(0.5)
+    children = _children(orchestrator.pid)
+    assert any("uvicorn" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace") for c in children)
+
+    orchestrator.send_signal(signal.SIGTERM)
+    assert orchestrator.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 30
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [c for c in children if _alive(c)], "a child of the stopped run is still alive"
