@@ -1,0 +1,221 @@
+"""What the orchestration costs (P2) and what a rerun of a finished pipeline costs (P3).
+
+    .venv/bin/python bench/orchestration.py                 # 3 repetitions, CI-sized run
+    .venv/bin/python bench/orchestration.py --size micro    # a few steps per stage: fixed costs weigh most
+    .venv/bin/python bench/orchestration.py --size tiny     # the full laptop run (≈ 11 min each)
+
+One repetition, in a fresh folder (own HOME, store, NeMo-Run home, Prefect's ephemeral server):
+1. `python -m flows.nano3 <size>` from a clean state: wall time T_flow, every stage `ran`.
+2. The same command again: wall time T_rerun, every stage `cached`, and no submission (no new
+   NeMo-Run experiment, no submission record written).
+3. The six stages' recipe scripts run bare, one after the other, as `python <script> --config
+   <the config the flow resolved for it>` with fresh output folders (same inputs, same seed):
+   T_bare is the sum of their wall times.
+P2 = T_flow / T_bare (goal ≤ 1.10); P3 = T_rerun (goal ≤ 5 s, 0 submissions). Both are
+measured in the same repetition, so a change in the machine's load hits them alike.
+Prints a Markdown table for docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from tasks.stages import STAGES  # noqa: E402
+
+#: The run the CI test makes: small corpus, short training (≈ 1/3 of the laptop run).
+SIZES: dict[str, list[str]] = {
+    "ci": [
+        "data_prep/pretrain:corpus.max_bytes=1000000",
+        "data_prep/pretrain:tokenizer.vocab_size=2048",
+        "pretrain:train.train_iters=60",
+        "pretrain:train.save_interval=30",
+        "pretrain:train.eval_interval=30",
+        "rl:train.train_iters=8",
+        "rl:train.save_interval=4",
+        "eval:limit=100",
+    ],
+    "tiny": [],
+    #: Every stage, a few steps each: the fixed costs (start-up, Prefect, NeMo-Run) weigh most here,
+    #: so its ratio bounds the overhead of the longer runs from above.
+    "micro": [
+        "data_prep/pretrain:corpus.max_bytes=300000",
+        "data_prep/pretrain:tokenizer.vocab_size=1024",
+        "pretrain:train.train_iters=20",
+        "pretrain:train.save_interval=10",
+        "pretrain:train.eval_interval=10",
+        "sft:train.train_iters=20",
+        "sft:train.save_interval=10",
+        "sft:train.eval_interval=10",
+        "rl:train.train_iters=2",
+        "rl:train.save_interval=1",
+        "eval:limit=20",
+    ],
+}
+
+
+@dataclass
+class Repetition:
+    flow_s: float
+    rerun_s: float
+    bare_s: dict[str, float]
+    rerun_submissions: int
+
+    @property
+    def bare_total(self) -> float:
+        return sum(self.bare_s.values())
+
+    @property
+    def overhead_ratio(self) -> float:
+        return self.flow_s / self.bare_total
+
+
+def environment(root: Path) -> dict[str, str]:
+    env = dict(os.environ, HOME=str(root / "home"), PREFECT_HOME=str(root / "home" / ".prefect"),
+               NANO3_ARTIFACTS_ROOT=str(root / "store"), NANO3_SCRATCH=str(root / "scratch"), WANDB_MODE="offline",
+               NEMORUN_HOME=str(root / "nemo_run"), PYTHONUNBUFFERED="1")
+    for name in ("PREFECT_API_URL", "NEMOTRON_ENV_FILE"):
+        env.pop(name, None)
+    return env
+
+
+def timed(argv: list[str], *, cwd: Path, env: dict[str, str], log: Path) -> float:
+    started = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+    return elapsed
+
+
+def statuses(output: str) -> dict[str, str]:
+    """stage → status, read from the summary table the flow prints."""
+    ids = {s.id for s in STAGES}
+    found = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if len(cells) >= 2 and cells[0] in ids:
+            found[cells[0]] = cells[1]
+    return found
+
+
+def submissions(root: Path) -> set[str]:
+    """NeMo-Run experiment folders plus submission records: each submission adds to both."""
+    experiments = {p.name for p in (root / "nemo_run" / "experiments").glob("*/*")}
+    records = {f"{p.name}@{p.stat().st_mtime_ns}" for p in (root / "store" / "_runs").glob("*.json")}
+    return experiments | records
+
+
+def resolved_configs(root: Path) -> dict[str, Path]:
+    """stage id → the config file the flow handed its job (kept under the store's _work folder)."""
+    found = {}
+    for record in (root / "store" / "_runs").glob("*.json"):
+        data = json.loads(record.read_text())
+        stage = next(s for s in STAGES if s.id == data["stage"])
+        found[stage.id] = root / "store" / "_work" / stage.slug / data["cache_key"] / "config.yaml"
+    missing = [s.id for s in STAGES if s.id not in found or not found[s.id].is_file()]
+    if missing:
+        raise SystemExit(f"no resolved config for {missing} under {root / 'store' / '_work'}")
+    return found
+
+
+def run_bare(root: Path, env: dict[str, str]) -> dict[str, float]:
+    """Each recipe as its own script, outputs in fresh folders, inputs those the flow used."""
+    seconds = {}
+    for stage, config_file in resolved_configs(root).items():
+        script = next(s for s in STAGES if s.id == stage)
+        cfg = OmegaConf.load(config_file)
+        bare = root / "bare" / script.slug
+        cfg.run.output_dir = str(bare / "output")
+        cfg.run.work_dir = str(bare / "work")
+        bare.mkdir(parents=True)
+        OmegaConf.save(cfg, bare / "config.yaml")
+        seconds[stage] = timed(
+            [sys.executable, str(script.script_path), "--config", str(bare / "config.yaml")],
+            cwd=PROJECT, env=dict(env, PYTHONPATH=str(PROJECT)), log=bare / "log.txt",
+        )
+        if not (bare / "output" / "manifest.json").is_file():
+            raise SystemExit(f"{stage}: the bare run wrote no manifest ({bare})")
+    return dict(sorted(seconds.items(), key=lambda kv: [s.id for s in STAGES].index(kv[0])))
+
+
+def repetition(root: Path, size: list[str]) -> Repetition:
+    env = environment(root)
+    (root / "home").mkdir(parents=True)
+    command = [sys.executable, "-m", "flows.nano3", *size]
+    flow_s = timed(command, cwd=root / "home", env=dict(env, PYTHONPATH=str(PROJECT)), log=root / "flow.log")
+    ran = statuses((root / "flow.log").read_text())
+    if ran != {s.id: "ran" for s in STAGES}:
+        raise SystemExit(f"first run: expected every stage to run, got {ran}")
+    before = submissions(root)
+    rerun_s = timed(command, cwd=root / "home", env=dict(env, PYTHONPATH=str(PROJECT)), log=root / "rerun.log")
+    cached = statuses((root / "rerun.log").read_text())
+    if cached != {s.id: "cached" for s in STAGES}:
+        raise SystemExit(f"rerun: expected every stage cached, got {cached}")
+    new = len(submissions(root) - before)
+    return Repetition(flow_s, rerun_s, run_bare(root, env), new)
+
+
+def spread(values: list[float], digits: int = 1) -> str:
+    return " / ".join(f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values)))
+
+
+def report(reps: list[Repetition], size: str) -> str:
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"size `{size}`; {len(reps)} repetitions; load average at the end {os.getloadavg()[0]:.1f}.",
+        "",
+        "| measure | min / median / max | goal |",
+        "|---|---|---|",
+        f"| T_flow: `python -m flows.nano3` from a clean state (s) | {spread([r.flow_s for r in reps])} | |",
+        f"| T_bare: the six stages' scripts run bare, summed (s) | {spread([r.bare_total for r in reps])} | |",
+        f"| **P2** T_flow / T_bare | {spread([r.overhead_ratio for r in reps], 3)} | ≤ 1.10 |",
+        f"| **P3** rerun of the finished pipeline (s) | {spread([r.rerun_s for r in reps])} | ≤ 5 s |",
+        f"| submissions made by the reruns | {sum(r.rerun_submissions for r in reps)} | 0 |",
+        "",
+        "| stage | bare script, median (s) |",
+        "|---|---|",
+    ]
+    for stage in reps[0].bare_s:
+        lines.append(f"| {stage} | {statistics.median(r.bare_s[stage] for r in reps):.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="repetitions (at least 3 for the record)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="ci")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folders")
+    args = parser.parse_args()
+    reps = []
+    for n in range(args.runs):
+        root = Path(tempfile.mkdtemp(prefix=f"nano3-bench-{n}-"))
+        try:
+            rep = repetition(root, SIZES[args.size])
+        finally:
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+        print(f"run {n + 1}: flow {rep.flow_s:.1f} s, bare {rep.bare_total:.1f} s ({rep.overhead_ratio:.3f}), "
+              f"rerun {rep.rerun_s:.1f} s, {rep.rerun_submissions} submissions", flush=True)
+        reps.append(rep)
+    print(report(reps, args.size))
+
+
+if __name__ == "__main__":
+    main()
