@@ -104,9 +104,8 @@ def test_the_pipeline_runs_and_sft_beats_the_pretrained_model(home: Path, first_
         manifest = store.read_manifest(version.uri)
         assert manifest is not None and manifest.digest == version.digest
         store.verify(name, version.uri, manifest)
-    # Job logs reach the run's output (and Prefect's logs): progress lines and the recipes' own.
-    console = first_run.stdout + first_run.stderr  # NeMo-Run's log handler may take over mid-run
-    assert "step 60/60" in console and "manifest:" in console
+    # The job's progress lines reach Prefect: test_prefect_shows_… reads the progress artifact.
+    # (The console can lose the job's lines once NeMo-Run's log handler takes over mid-run.)
     assert len(list((home / "store" / "_wandb").rglob("run-*.wandb"))) == len(STAGES)
 
 
