@@ -145,6 +145,9 @@ def _data_prep(kind: str, produces: str, description: str, at_scale: Launcher = 
     )
 
 
+#: What SFT and RL read on backend megatron: chat data and the previous stage's Megatron checkpoint.
+MEGATRON_POST_TRAINING_INPUTS = (("data", "training_jsonl"), ("model", "checkpoint_megatron"))
+
 STAGES: tuple[Stage, ...] = (
     _data_prep("pretrain", "binidx", "Tokenizer training and pretraining corpus → megatron .bin/.idx with a blend file.",
                at_scale="ray"),
@@ -175,12 +178,7 @@ STAGES: tuple[Stage, ...] = (
         alternatives=(
             (
                 "megatron",
-                Runtime(
-                    "train_megatron.py",
-                    (("data", "training_jsonl"), ("model", "checkpoint_megatron")),
-                    "checkpoint_megatron",
-                    "torchrun",
-                ),
+                Runtime("train_megatron.py", MEGATRON_POST_TRAINING_INPUTS, "checkpoint_megatron", "torchrun"),
             ),
         ),
     ),
@@ -195,12 +193,7 @@ STAGES: tuple[Stage, ...] = (
         alternatives=(
             (
                 "megatron",
-                Runtime(
-                    "train_megatron.py",
-                    (("data", "training_jsonl"), ("model", "checkpoint_megatron")),
-                    "checkpoint_megatron",
-                    "ray",
-                ),
+                Runtime("train_megatron.py", MEGATRON_POST_TRAINING_INPUTS, "checkpoint_megatron", "ray"),
             ),
         ),
     ),

@@ -24,6 +24,7 @@ from tasks.artifacts import ArtifactStore
 from tasks.lineage import asset_key
 from tasks.stages import STAGES
 from tests.prefect_server import prefect_client, prefect_server
+from tests.processes import alive as _alive, cmdline as _cmdline, descendants as _descendants
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -164,38 +165,6 @@ def test_an_sft_override_reruns_sft_and_what_follows(home: Path, first_run: subp
         "convert": "ran",
         "eval": "ran",
     }
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _descendants(pid: int) -> list[int]:
-    found = _children(pid)
-    return found + [g for c in found for g in _descendants(c)]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_killed_during_pretrain_the_rerun_resumes_it(home: Path, first_run: subprocess.CompletedProcess) -> None:
