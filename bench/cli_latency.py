@@ -118,7 +118,7 @@ def main() -> None:
             if name not in breakdown:
                 shown = "not imported"
             elif breakdown[name] < 0.001:
-                shown = "blocked while planning (flows/lean_imports.py)"
+                shown = "blocked while planning (tasks/lean_imports.py)"
             else:
                 shown = f"{breakdown[name]:.2f}"
             print(f"| `{name}` | {shown} |")

@@ -141,7 +141,9 @@ def _local(target: ExecutionTarget) -> run.Executor:
 
     profile: LocalProfile = target.profile  # type: ignore[assignment]
     # Only a stage that trains with torchrun gets nproc_per_node processes; the others run once.
-    torchrun = target.launcher == "torchrun"
+    # One process needs no torchrun: its agent would import torch once more before the job does
+    # (about 3 s here per training stage), and the recipes run as one process without it.
+    torchrun = target.launcher == "torchrun" and profile.nproc_per_node > 1
     return run.LocalExecutor(
         ntasks_per_node=profile.nproc_per_node if torchrun else 1,
         launcher="torchrun" if torchrun else None,

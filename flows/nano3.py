@@ -63,7 +63,7 @@ def stage_flow_name(stages: list[Stage]) -> str:
 
 
 def print_plan(options: RunOptions, stages: list[Stage]) -> None:
-    from flows.lean_imports import without
+    from tasks.lean_imports import without
     from flows.run_options import resolve_context, stage_jobs
 
     context = resolve_context(options)

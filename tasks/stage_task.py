@@ -192,7 +192,12 @@ def _submit_until_done(prepared: PreparedStage, store: ArtifactStore, wandb: Wan
 
 def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None) -> StageResult:
     """Attached: submit (or re-attach), wait, publish. Detached submission is flows.detached's."""
-    from tasks.lineage import describe_asset_materialization, mirror_to_wandb, publish_stage_artifacts
+    from tasks.lineage import (
+        describe_asset_materialization,
+        import_wandb_in_background,
+        mirror_to_wandb,
+        publish_stage_artifacts,
+    )
 
     logger = get_run_logger()
     started = time.monotonic()
@@ -201,6 +206,7 @@ def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig
     # version this one published, instead of submitting a job into the same work folder.
     with store.claim(prepared.cache_key, on_wait=logger.info):
         if store.read_manifest(prepared.output_url) is None:
+            import_wandb_in_background(wandb)
             status = _submit_until_done(prepared, store, wandb)
         else:
             logger.info(f"{prepared.stage_id}: output for cache key {prepared.cache_key} exists; verifying")

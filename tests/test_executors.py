@@ -20,6 +20,9 @@ def test_local_torchrun_only_for_torchrun_stages() -> None:
     # Data prep, convert, eval: one process, whatever nproc_per_node says.
     single = build_executor(ExecutionTarget(four))
     assert single.launcher is None and single.ntasks_per_node == 1
+    # One process on this machine: the script itself, as `python script.py` would run it.
+    one = build_executor(ExecutionTarget(profile(executor="local"), launcher="torchrun"))
+    assert one.launcher is None and one.ntasks_per_node == 1
 
 
 def test_local_executors_never_hold_secrets() -> None:

@@ -18,7 +18,8 @@ from blocks.profiles import LocalProfile
 from flows.pipeline import execute_stages
 from tasks.artifacts import ArtifactError, ArtifactStore
 from tasks.job_config import build_job_config, parse_overrides
-from tasks.stage_task import StageFailed, run_stage
+from tasks.stage_task import StageFailed, prepare_stage, run_stage
+from tasks.submit import submit_and_wait
 from tasks.stages import Stage
 
 TOYS = Path(__file__).resolve().parent / "toy_recipes"
@@ -37,13 +38,15 @@ def prefect_server() -> Iterator[None]:
 
 
 @pytest.fixture
-def store(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> ArtifactStore:
+def store(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArtifactStore]:
+    from nemo_run.config import get_nemorun_home, set_nemorun_home
+
+    previous = get_nemorun_home()
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("NEMORUN_HOME", str(isolated / "nemo_run"))
-    from nemo_run.config import set_nemorun_home
-
     set_nemorun_home(str(isolated / "nemo_run"))
-    return ArtifactStore(str(isolated / "store"))
+    yield ArtifactStore(str(isolated / "store"))
+    set_nemorun_home(previous)
 
 
 def jobs(*overrides: str, produce: tuple[str, ...] = ()) -> list:
@@ -94,6 +97,20 @@ def prefect_logs() -> str:
 
     with get_client(sync_client=True) as client:
         return "\n".join(log.message for log in client.read_logs(limit=200, sort=LogSort.TIMESTAMP_DESC))
+
+
+def test_a_local_job_s_last_lines_all_arrive(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No wait for the log to go quiet after a local job: its log file is complete once NeMo-Run
+    # reports the end. A job that prints 3,000 lines as it exits loses none of them.
+    monkeypatch.setenv("PYTHONUNBUFFERED", "")
+    job = jobs(produce=("chatter=3000",))[0]
+    prepared = prepare_stage(job, store, {})
+    lines: list[str] = []
+    outcome = submit_and_wait(job, resolved_config=prepared.resolved_yaml, cache_key=prepared.cache_key,
+                              work_dir=prepared.work_url, store=store, detached=False, on_line=lines.append)
+    assert outcome.succeeded
+    assert [line for line in lines if line.startswith("chatter ")] == [f"chatter {i}" for i in range(3000)]
+    assert lines[-1].startswith("manifest: ")
 
 
 def test_failure_is_retried_and_resumes_from_checkpoint(store: ArtifactStore) -> None:
@@ -155,6 +172,9 @@ def test_prefect_artifacts_and_wandb_mirror(store: ArtifactStore) -> None:
     wandb_runs = list(Path(store.root, "_wandb").rglob("run-*.wandb"))
     assert len(wandb_runs) == 2
     assert any(b"toy-total" in p.read_bytes() for p in wandb_runs)
+    # A rerun finds both outputs and publishes nothing new: it mirrors nothing again.
+    assert [r.status for r in toy_flow(jobs(), store)] == ["cached", "cached"]
+    assert len(list(Path(store.root, "_wandb").rglob("run-*.wandb"))) == 2
 
 
 def test_each_output_is_a_prefect_asset_materialized_from_its_inputs(store: ArtifactStore) -> None:

@@ -5,7 +5,7 @@ A run id is what `runs list` shows: a NeMo-Run experiment id (nano3-pretrain_171
 (its name or id). Submissions are read from the artifact store's `_runs/` records (the store of
 env.toml's [artifacts], NANO3_ARTIFACTS_ROOT, or ./.nano3/artifacts), flow runs from the Prefect
 API when one is configured or a local Prefect database exists. Talking to NeMo-Run, they keep
-out the imports it never needs here (flows/lean_imports.py), as a dry-run does.
+out the imports it never needs here (tasks/lean_imports.py), as a dry-run does.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import typer
 
 from blocks.errors import ConfigError
 from flows.commands.errors import COMMAND_LINE, user_errors
-from flows.lean_imports import without
+from tasks.lean_imports import without
 from flows.summary import wide_console
 
 runs_app = typer.Typer(no_args_is_help=True, help="Past and running submissions: NeMo-Run jobs and Prefect flow runs.")

@@ -1,6 +1,7 @@
 """A toy recipe for orchestration tests: counts to `steps` with checkpoints, then writes numbers.jsonl.
 
-`fail_at` makes it exit 3 at that step once (a marker in work_dir remembers), `sleep` slows it down.
+`fail_at` makes it exit 3 at that step once (a marker in work_dir remembers), `sleep` slows it down,
+`chatter` prints that many lines at the very end, block-buffered (its output then arrives on exit).
 """
 
 import json
@@ -31,6 +32,8 @@ def main() -> None:
         path.mkdir(parents=True, exist_ok=True)
         runtime.mark_checkpoint_complete(path)
         runtime.progress(step, cfg.steps, value=step * cfg.scale)
+    for i in range(cfg.chatter):
+        print(f"chatter {i}")
     with (ctx.output_dir / "numbers.jsonl").open("w") as out:
         for i in range(cfg.steps):
             out.write(json.dumps({"n": i * cfg.scale}) + "\n")

@@ -1,5 +1,5 @@
-"""Keeping out of a process what it does not need: planning a job or asking about one runs no
-model and guesses no text encoding."""
+"""Keeping out of a process what it does not need: planning, submitting or following a job runs
+no model and guesses no text encoding (the job itself imports what it needs in its own process)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-#: Optional imports of NeMo-Run's import chain that planning never uses. Each is imported inside
+#: Optional imports of NeMo-Run's import chain that planning and submitting never use. Each is imported inside
 #: `try/except ImportError` by the library that wants it, so blocking it changes nothing a plan
 #: contains (the pipeline's Slurm plan is byte for byte the same; tests/test_secrets_and_cli.py
 #: plans every executor this way):
