@@ -11,7 +11,7 @@ One repetition, in a fresh folder (own HOME, store, NeMo-Run home, Prefect home)
    experiment, no submission record written).
 3. The same command again against a running `prefect server start` (PREFECT_API_URL, as a
    deployment or a user with the UI open has it): T_rerun_server, same checks.
-4. The six stages' recipe scripts run bare, one after the other, as `python <script> --config
+4. The eight recipe scripts (six stages, three data preps) run bare, one after the other, as `python <script> --config
    <the config the flow resolved for it>` with fresh output folders (same inputs, same seed):
    T_bare is the sum of their wall times.
 P2 = T_flow / T_bare (goal ≤ 1.10); P3 = T_rerun and T_rerun_server (goal ≤ 5 s, 0 submissions).
@@ -229,7 +229,7 @@ def report(reps: list[Repetition], size: str) -> str:
         "|---|---|---|---|",
         f"| T_flow: `python -m flows.nano3` from a clean state (s) | {spread([r.flow.wall for r in reps])} "
         f"| {spread([r.flow.cpu for r in reps])} | |",
-        f"| T_bare: the six stages' scripts run bare, summed (s) | {spread([r.bare_total for r in reps])} "
+        f"| T_bare: the eight recipe scripts run bare, summed (s) | {spread([r.bare_total for r in reps])} "
         f"| {spread([r.bare_cpu for r in reps])} | |",
         f"| **P2** T_flow / T_bare | {spread([r.overhead_ratio for r in reps], 3)} "
         f"| {spread([r.cpu_ratio for r in reps], 3)} | ≤ 1.10 |",
