@@ -25,8 +25,8 @@ Prints a Markdown table for docs/performance.md.
 from __future__ import annotations
 
 import argparse
-import json
 import compileall
+import json
 import os
 import platform
 import resource
@@ -46,6 +46,7 @@ sys.path.insert(0, str(PROJECT))
 
 from tasks.stages import STAGES  # noqa: E402
 from tests.prefect_server import prefect_server  # noqa: E402
+from tests.summary_table import statuses  # noqa: E402
 
 #: The run the CI test makes: small corpus, short training (≈ 1/3 of the laptop run).
 SIZES: dict[str, list[str]] = {
@@ -139,17 +140,6 @@ def compile_bytecode() -> None:
     """What an installed environment has after its first use: every module's bytecode cached."""
     for folder in {Path(p) for p in sys.path if p.endswith("site-packages")} | {PROJECT}:
         compileall.compile_dir(folder, quiet=2, workers=0, legacy=False)
-
-
-def statuses(output: str) -> dict[str, str]:
-    """stage → status, read from the summary table the flow prints."""
-    ids = {s.id for s in STAGES}
-    found = {}
-    for line in output.splitlines():
-        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
-        if len(cells) >= 2 and cells[0] in ids:
-            found[cells[0]] = cells[1]
-    return found
 
 
 def submissions(root: Path) -> set[str]:

@@ -268,11 +268,7 @@ def _slurm_end_state(exp: Any, job_id: str | None) -> str | None:
     return None
 
 
-def _runs_here(exp: Any) -> bool:
-    return bool(exp.jobs) and type(exp.jobs[0].executor).__name__ == "LocalExecutor"
-
-
-def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool) -> JobOutcome:
+def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool, *, local: bool = False) -> JobOutcome:
     state, job_id, local_dir = _state(exp)
     tail = LogTail(local_dir, on_line)
     while state in ACTIVE:
@@ -280,7 +276,7 @@ def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool) -> JobOutc
         tail.poll()
         state, job_id, local_dir = _state(exp)
         tail.folder = Path(local_dir) if local_dir else tail.folder
-    if _runs_here(exp):
+    if local:
         # torchx's local scheduler closes the job's combined.log (joining the thread that copies
         # the process's output into it) before it reports an end state: the file is complete.
         tail.poll()
@@ -355,7 +351,7 @@ def submit_and_wait(
             # Waiting inside the block: leaving it makes NeMo-Run wait on local jobs itself.
             try:
                 with contextlib.redirect_stdout(real_stdout):
-                    return _wait(exp, on_line, reattached=False)
+                    return _wait(exp, on_line, reattached=False, local=isinstance(job.profile, LocalProfile))
             except BaseException:
                 # Stopped while waiting (a signal, a crash): leave without NeMo-Run waiting for the
                 # job; a local one stops with this process, a scheduler's is re-attached later.

@@ -5,21 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def children(pid: int) -> list[int]:
-    found = []
+def _parents() -> dict[int, int]:
+    """pid → parent pid of every process, read once."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            found[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
     return found
 
 
+def children(pid: int) -> list[int]:
+    return [child for child, parent in _parents().items() if parent == pid]
+
+
 def descendants(pid: int) -> list[int]:
-    found = children(pid)
-    return found + [g for c in found for g in descendants(c)]
+    parents, found, todo = _parents(), [], [pid]
+    while todo:
+        current = todo.pop()
+        kids = [child for child, parent in parents.items() if parent == current]
+        found += kids
+        todo += kids
+    return found
 
 
 def cmdline(pid: int) -> str:

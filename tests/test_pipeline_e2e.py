@@ -25,6 +25,7 @@ from tasks.lineage import asset_key
 from tasks.stages import STAGES
 from tests.prefect_server import prefect_client, prefect_server
 from tests.processes import alive as _alive, cmdline as _cmdline, descendants as _descendants
+from tests.summary_table import statuses
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -53,16 +54,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
-
-
-def statuses(output: str) -> dict[str, str]:
-    """stage → status, read from the summary table the command prints."""
-    found = {}
-    for line in output.splitlines():
-        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
-        if len(cells) >= 2 and cells[0] in {s.id for s in STAGES}:
-            found[cells[0]] = cells[1]
-    return found
 
 
 def records(home: Path) -> dict[str, dict]:

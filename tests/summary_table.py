@@ -1,0 +1,16 @@
+"""Reading back the summary table `python -m flows.nano3` prints (flows/summary.py)."""
+
+from __future__ import annotations
+
+from tasks.stages import STAGES
+
+
+def statuses(output: str) -> dict[str, str]:
+    """stage → status (ran, cached, reattached), from the table's rows."""
+    ids = {s.id for s in STAGES}
+    found = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if len(cells) >= 2 and cells[0] in ids:
+            found[cells[0]] = cells[1]
+    return found
