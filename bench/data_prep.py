@@ -13,9 +13,9 @@ machine's load hits every path alike:
 
 - limit: the tokenizer's own `encode_batch` over the whole corpus in one call, on all cores,
   texts already in memory, no output: only that call is timed.
-- limit_batched: the same, but one `encode_batch` call per batch of about 1 MiB of JSONL, the
-  batches ours makes: only those calls are timed. One call over 120,000 documents holds every
-  Encoding (ids, offsets, token strings) at once, gigabytes, and is slower than this.
+- limit_batched: the same, but one `encode_batch` call per batch of JSONL, the batches ours
+  makes (binidx.BATCH_BYTES): only those calls are timed. One call over 120,000 documents holds
+  every Encoding (ids, offsets, token strings) at once, gigabytes.
 - ours: `python -m recipes.nano3.data_prep.binidx` (the recipe's encoding step), whole process.
 - baseline: the way Megatron-LM's tools/preprocess_data.py works (`baseline` below): a
   multiprocessing pool of --workers processes encoding one document at a time (imap, chunks of
@@ -51,7 +51,7 @@ if str(PROJECT) not in sys.path:
 PATHS = ("limit", "limit_batched", "ours", "baseline", "ray")
 LABELS = {
     "limit": "limit: encode_batch, whole corpus",
-    "limit_batched": "limit: encode_batch, 1 MiB batches",
+    "limit_batched": "limit: encode_batch, batches of ours",
     "ours": "ours",
     "baseline": "Megatron-style baseline, {workers} processes",
     "ray": "ours, Ray, {workers} workers",

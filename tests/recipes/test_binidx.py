@@ -7,6 +7,7 @@ more than encoding a 60 MB corpus on two cores); these tests hold it to the buil
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,42 @@ def test_line_ranges_cover_every_line_once(tmp_path: Path) -> None:
         assert len(ranges) == parts and ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
         read = [t for a, b in ranges for batch in binidx.text_batches(path, a, b, batch_bytes=100) for t in batch]
         assert read == texts, parts
+
+
+def test_threads_and_processes_write_one_document_at_a_time_s_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads in this process (workers ≤ THREADS_PER_PROCESS) and a pool of processes with
+    threads each (more workers) give the bytes of encoding one document at a time, in order."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    rng = np.random.default_rng(7)
+    words = ["alpha", "beta", "gamma", "delta", "épsilon", "zeta", "42", "eta", "theta", "\n", "iota"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 400))) for _ in range(2_000)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(texts[:200], trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>"]))
+    eos = tok.token_to_id("<eos>")
+
+    expected = binidx.IndexedDatasetWriter(tmp_path / "expected", binidx.token_dtype(tok.get_vocab_size()))
+    for text in texts:
+        ids = np.array([*tok.encode(text, add_special_tokens=False).ids, eos])
+        expected.add_documents(ids, np.array([ids.size]))
+    expected.finish()
+
+    assert binidx.THREADS_PER_PROCESS < 6
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    for workers in (1, 3, 6):
+        reports: list[tuple[int, int]] = []
+        counts = binidx.encode(tok, path, tmp_path / f"w{workers}", eos="<eos>", workers=workers, batch_bytes=16 << 10,
+                               on_progress=lambda documents, tokens: reports.append((documents, tokens)))
+        for suffix in (".bin", ".idx"):
+            assert (tmp_path / f"w{workers}{suffix}").read_bytes() == (tmp_path / f"expected{suffix}").read_bytes()
+        assert counts == binidx.Counts(len(texts), expected.tokens)
+        assert reports[-1] == (counts.documents, counts.tokens) and reports == sorted(reports)
+        # In this process, a report per batch; over processes, one per shard.
+        batches = len(list(binidx.text_batches(path, batch_bytes=16 << 10)))
+        shards = len(binidx.plan_shards(path, "w", 2, tmp_path, "<eos>", 16 << 10))
+        assert 1 < shards < batches and len(reports) == (shards if workers == 6 else batches), workers
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true", "the user's setting is restored"
+    assert not (tmp_path / "w6.shards").exists(), "shards are removed once joined"

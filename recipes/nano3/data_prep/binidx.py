@@ -10,22 +10,30 @@ megatron-core's `IndexedDataset` reads them. They are written here rather than t
 builder because importing `megatron.core` costs 9 CPU-seconds on a 2-core machine, about half of
 tokenizing 60 MB (docs/performance.md, "P1 data prep").
 
-The input is cut into shards (byte ranges starting at a line, in input order); each shard is
-encoded by one process, one thread, into a shard .bin/.idx under `shard_dir`; the shards are then
-concatenated in order. A process per core keeps every core on the tokenizer: Python's part (JSON
-parsing, token arrays) runs beside it on the same core instead of holding the others up, which
-a single process with the tokenizer's own threads cannot do. Engines, same bytes from all:
+`workers` is the number of cores to use. Within a process, that many threads each encode a batch
+of about 256 KiB at a time with the tokenizer's single-threaded `encode_batch`, which lets go of the
+GIL while it encodes: only the small Python part (JSON parsing, token arrays, about 5% of the
+work) takes turns, and results are written in input order. That keeps every core on the
+tokenizer with no process to start; one `encode_batch` on all cores per batch cannot, as the
+cores wait while Python works between batches (docs/performance.md, "P1 data prep").
 
-- `process`: a pool of `workers` processes on this machine (one per core by default). An input
-  under two shards' worth, or `workers: 1`, is encoded in this process, on all cores.
-- `ray`: `workers` Ray tasks at a time. With `RAY_ADDRESS` set (a NeMo-Run RayJob or RayCluster)
-  the tasks go to that cluster, whose nodes must all see the input and `shard_dir`; otherwise a
-  local Ray with `workers` CPUs is started for the run and shut down after it.
+Beyond THREADS_PER_PROCESS cores, those Python parts would queue on the one GIL, so the input is
+cut into shards (byte ranges starting at a line, in input order), encoded by several processes
+into shard .bin/.idx pairs under `shard_dir` and then concatenated in order. Engines, same bytes
+from all:
+
+- `process`: up to THREADS_PER_PROCESS workers in this process; more, a pool of processes on
+  this machine with up to THREADS_PER_PROCESS threads each. One core per worker by default.
+- `ray`: `workers` Ray tasks of one thread at a time. With `RAY_ADDRESS` set (a NeMo-Run RayJob
+  or RayCluster) the tasks go to that cluster, whose nodes must all see the input and
+  `shard_dir`; otherwise a local Ray with `workers` CPUs is started for the run and shut down
+  after it.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import math
@@ -35,7 +43,8 @@ import shutil
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,10 +59,15 @@ INDEX_HEADER = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
 DTYPE_CODES = {np.dtype(np.uint16): 8, np.dtype(np.int32): 4}
 #: Text per encode_batch call: one call over a whole corpus holds every Encoding (ids, offsets,
-#: token strings) at once, gigabytes, and is slower than calls over 1 MiB (docs/performance.md).
-BATCH_BYTES = 1 << 20
-#: Shards per worker: a worker that finishes early takes the next shard, so a stretch of the input
-#: slower to encode than the rest does not leave the other cores idle at the end.
+#: token strings) at once, gigabytes. Small batches also even out the threads' finish at the end
+#: (256 KiB: 8.4 s for the 60 MB benchmark corpus, 1 MiB: 8.6 s, 4 MiB: 8.9 s; docs/performance.md).
+BATCH_BYTES = 256 << 10
+#: Encoding threads in one process. Each thread holds the GIL for about 5% of its time (JSON
+#: parsing, token arrays); beyond this many they would start to queue for it, so more cores get
+#: more processes.
+THREADS_PER_PROCESS = 4
+#: Shards per worker process or Ray task: a worker that finishes early takes the next shard, so a
+#: stretch of the input slower to encode than the rest does not leave the other cores idle at the end.
 SHARDS_PER_WORKER = 8
 #: No shard smaller than this: each costs a file pair and a task.
 MIN_SHARD_BYTES = 256 << 10
@@ -195,6 +209,54 @@ def line_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
 # --- one shard ---------------------------------------------------------------------------------
 
 
+Encoded = tuple[np.ndarray, np.ndarray]  # (the documents' ids one after the other, eos included; their lengths)
+
+
+@contextlib.contextmanager
+def serial_tokenizer() -> Iterator[None]:
+    """Each `encode_batch` on its calling thread only: the parallelism is ours (threads, processes).
+
+    The tokenizers library reads TOKENIZERS_PARALLELISM at every call; with it on, every batch
+    would also fan out over all cores and compete with the other threads (1.1x slower here).
+    """
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
+def encode_texts(tok: Tokenizer, texts: list[str], eos_id: int, dtype: np.dtype) -> Encoded:
+    ids: list[int] = []
+    lengths: list[int] = []
+    for encoding in tok.encode_batch(texts, add_special_tokens=False):
+        document = encoding.ids
+        ids += document
+        ids.append(eos_id)
+        lengths.append(len(document) + 1)
+    return np.array(ids, dtype=dtype), np.array(lengths, dtype=np.int32)
+
+
+def in_order(encode_one: Callable[[list[str]], Encoded], batches: Iterable[list[str]], threads: int) -> Iterator[Encoded]:
+    """`encode_one` over the batches on `threads` threads, results in input order; at most two
+    batches per thread read ahead, so memory stays a few MiB whatever the input's size."""
+    if threads == 1:
+        yield from map(encode_one, batches)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="binidx-encode") as pool:
+        pending: collections.deque = collections.deque()
+        for texts in batches:
+            pending.append(pool.submit(encode_one, texts))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def encode_range(
     tok: Tokenizer,
     path: Path,
@@ -203,23 +265,23 @@ def encode_range(
     eos: str,
     start: int = 0,
     end: int | None = None,
+    threads: int = 1,
     batch_bytes: int = BATCH_BYTES,
     on_progress: Progress = lambda documents, tokens: None,
 ) -> Counts:
-    """Encode the lines of `path` that start in [start, end) into `<prefix>.bin/.idx`."""
+    """Encode the lines of `path` that start in [start, end) into `<prefix>.bin/.idx` on `threads` threads."""
     eos_id = tok.token_to_id(eos)
     if eos_id is None:
         raise SystemExit(f"error: the tokenizer has no token {eos!r} to end documents with")
     writer = IndexedDatasetWriter(prefix, token_dtype(tok.get_vocab_size()))
-    dtype = writer.dtype
-    for texts in text_batches(path, start, end, batch_bytes):
-        arrays = []
-        for encoding in tok.encode_batch(texts, add_special_tokens=False):
-            ids = encoding.ids
-            ids.append(eos_id)
-            arrays.append(np.array(ids, dtype=dtype))
-        writer.add_documents(np.concatenate(arrays), np.fromiter(map(len, arrays), np.int32, len(arrays)))
-        on_progress(writer.documents, writer.tokens)
+
+    def encode_one(texts: list[str]) -> Encoded:
+        return encode_texts(tok, texts, eos_id, writer.dtype)
+
+    with serial_tokenizer():
+        for tokens, lengths in in_order(encode_one, text_batches(path, start, end, batch_bytes), threads):
+            writer.add_documents(tokens, lengths)
+            on_progress(writer.documents, writer.tokens)
     return writer.finish()
 
 
@@ -231,6 +293,7 @@ class Shard:
     prefix: str
     eos: str
     batch_bytes: int
+    threads: int = 1
 
 
 #: The tokenizer of this worker process, parsed once for all the shards it encodes.
@@ -238,9 +301,6 @@ _worker_tokenizer: dict[str, Tokenizer] = {}
 
 
 def _use_tokenizer(tokenizer_json: str) -> Tokenizer:
-    """One thread per worker: the parallelism is the workers' (the tokenizer's own threads would
-    compete with the other workers for the same cores)."""
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if tokenizer_json not in _worker_tokenizer:
         from tokenizers import Tokenizer
 
@@ -252,14 +312,15 @@ def _use_tokenizer(tokenizer_json: str) -> Tokenizer:
 def _encode_shard(shard: Shard, tokenizer_json: str | None = None) -> Counts:
     tok = _use_tokenizer(tokenizer_json) if tokenizer_json else next(iter(_worker_tokenizer.values()))
     return encode_range(tok, Path(shard.path), shard.prefix, eos=shard.eos, start=shard.start, end=shard.end,
-                        batch_bytes=shard.batch_bytes)
+                        threads=shard.threads, batch_bytes=shard.batch_bytes)
 
 
-def plan_shards(path: Path, prefix: Path | str, workers: int, shard_dir: Path, eos: str, batch_bytes: int) -> list[Shard]:
+def plan_shards(path: Path, prefix: Path | str, workers: int, shard_dir: Path, eos: str, batch_bytes: int,
+                threads: int = 1) -> list[Shard]:
     """SHARDS_PER_WORKER shards per worker, none under MIN_SHARD_BYTES, in input order."""
     count = max(1, min(workers * SHARDS_PER_WORKER, math.ceil(path.stat().st_size / MIN_SHARD_BYTES)))
     name = Path(prefix).name
-    return [Shard(str(path), a, b, str(shard_dir / f"{name}.{i:05d}"), eos, batch_bytes)
+    return [Shard(str(path), a, b, str(shard_dir / f"{name}.{i:05d}"), eos, batch_bytes, threads)
             for i, (a, b) in enumerate(line_ranges(path, count))]
 
 
@@ -286,15 +347,18 @@ def encode_with_processes(
     batch_bytes: int = BATCH_BYTES,
     on_progress: Progress = lambda documents, tokens: None,
 ) -> Counts:
-    """Shards over a pool of `workers` processes; one shard, or one worker, in this process."""
-    shards = plan_shards(path, prefix, workers, shard_dir, eos, batch_bytes)
-    if workers == 1 or len(shards) == 1:
-        return encode_range(tok, path, prefix, eos=eos, batch_bytes=batch_bytes, on_progress=on_progress)
+    """`workers` threads in this process; beyond THREADS_PER_PROCESS, shards over a pool of processes."""
+    processes = math.ceil(workers / THREADS_PER_PROCESS)
+    threads = math.ceil(workers / processes)
+    shards = plan_shards(path, prefix, processes, shard_dir, eos, batch_bytes, threads)
+    if processes == 1 or len(shards) == 1:
+        return encode_range(tok, path, prefix, eos=eos, threads=min(workers, THREADS_PER_PROCESS),
+                            batch_bytes=batch_bytes, on_progress=on_progress)
     shard_dir.mkdir(parents=True, exist_ok=True)
     documents = tokens = 0
     # spawn, not fork: this process may hold the tokenizer's threads (it may have just trained it).
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(shards)), initializer=_use_tokenizer, initargs=(tok.to_str(),)) as pool:
+    with context.Pool(min(processes, len(shards)), initializer=_use_tokenizer, initargs=(tok.to_str(),)) as pool:
         for counts in pool.imap(_encode_shard, shards):
             documents, tokens = documents + counts.documents, tokens + counts.tokens
             on_progress(documents, tokens)
@@ -382,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-prefix", required=True, help="writes <prefix>.bin and <prefix>.idx")
     parser.add_argument("--eos", default="<eos>", help="the token appended to every document")
     parser.add_argument("--engine", choices=ENGINES, default="process")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes, or Ray CPUs")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="cores: threads and processes, or Ray CPUs")
     parser.add_argument("--batch-bytes", type=int, default=BATCH_BYTES)
     args = parser.parse_args(argv)
     from tokenizers import Tokenizer

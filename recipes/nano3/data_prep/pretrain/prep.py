@@ -10,9 +10,9 @@ Two phases are checkpointed under work_dir, because they are the slow ones at hu
 split corpus (step 1) and the trained tokenizer (step 2). A rerun of the same config resumes
 after the newest and only re-encodes, which is deterministic: same config, same bytes.
 
-Encoding (binidx.py) cuts the corpus into shards, encodes them on `encode.workers` processes
-(one per core by default) or, with `encode.engine: ray`, as Ray tasks, and joins them in order:
-the same bytes either way.
+Encoding (binidx.py) uses `encode.workers` cores (all of them by default): threads in this
+process, more processes beyond a few cores, or, with `encode.engine: ray`, Ray tasks over shards
+joined in order: the same bytes either way.
 """
 
 from __future__ import annotations
