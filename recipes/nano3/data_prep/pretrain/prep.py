@@ -99,7 +99,7 @@ def train_tokenizer(ctx: runtime.RecipeContext) -> None:
 
 
 def encode_settings(ctx: runtime.RecipeContext) -> tuple[str, int]:
-    """(engine, workers): without an `encode` block, worker processes, one per core."""
+    """(engine, workers): without an `encode` block, the process engine on every core."""
     encode_cfg = ctx.config.get("encode") or {}
     engine = str(encode_cfg.get("engine", "process"))
     if engine not in binidx.ENGINES:
