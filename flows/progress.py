@@ -97,9 +97,8 @@ class _NotStepMessages(logging.Filter):
 
 
 class _ConsoleTakeover:
-    """Root handlers that print to a rich console (Prefect's, and the RichHandler NeMo-Run installs
-    when it is imported mid-run) print through the bars' console and skip progress messages;
-    `restore` puts every one back as it was."""
+    """Root handlers that print to a rich console (Prefect's, and any added mid-run) print through
+    the bars' console and skip progress messages; `restore` puts every one back as it was."""
 
     def __init__(self, bars: ProgressBars) -> None:
         self.bars = bars

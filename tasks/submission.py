@@ -118,7 +118,9 @@ def _submission_text(request: Any) -> str:
 
 def plan_submission(job: JobConfig, *, detached: bool) -> SubmissionPlan:
     """Dry-run the stage's job through NeMo-Run and capture what it would send."""
-    import nemo_run as run
+    from tasks.nemo_run_import import import_nemo_run
+
+    run = import_nemo_run()
 
     target = ExecutionTarget(
         job.profile, detached=detached, launcher=launcher_for(job), reveal_secrets=False, profile_name=job.profile_name

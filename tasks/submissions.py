@@ -97,10 +97,12 @@ def output_state(store: ArtifactStore, record: SubmissionRecord) -> str:
 
 def open_experiment(record: SubmissionRecord) -> Any:
     """The record's NeMo-Run experiment, re-opened from NeMo-Run's home on this machine."""
-    import nemo_run as run
     from nemo_run.config import get_nemorun_home
 
+    from tasks.nemo_run_import import import_nemo_run
     from tasks.submit import follow_nemorun_home
+
+    run = import_nemo_run()
 
     follow_nemorun_home()
     try:

@@ -27,7 +27,7 @@ from blocks.profiles import LeptonProfile, LocalProfile, SlurmProfile
 from recipes.nano3.runtime import ORCHESTRATOR_PID_VAR
 from tasks.artifacts import ArtifactStore, SubmissionRecord, _now
 from tasks.job_config import JobConfig
-from tasks.lean_imports import without
+from tasks.nemo_run_import import import_nemo_run
 from tasks.submission import launcher_for, recipe_task
 
 ACTIVE = {"SUBMITTED", "PENDING", "RUNNING", "UNKNOWN_ACTIVE"}
@@ -117,16 +117,6 @@ class LogTail:
             self.last = (self.last + [line])[-40:]
             self.on_line(line)
         return len(lines)
-
-
-def import_nemo_run() -> Any:
-    """NeMo-Run for submitting and following jobs, without the torch it imports for a YAML
-    representer of torch.dtype (1.8 s of a pipeline's first stage here): only what runs stages
-    pays for it, not a rerun whose stages are all cached."""
-    with without():
-        import nemo_run
-
-    return nemo_run
 
 
 def follow_nemorun_home() -> None:

@@ -6,7 +6,9 @@ tests pin the orchestration: caching, publishing, digests, retries, resume, line
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +113,38 @@ def test_a_local_job_s_last_lines_all_arrive(store: ArtifactStore, monkeypatch: 
     assert outcome.succeeded
     assert [line for line in lines if line.startswith("chatter ")] == [f"chatter {i}" for i in range(3000)]
     assert lines[-1].startswith("manifest: ")
+
+
+class Recorder(logging.Handler):
+    """Stands for Prefect's console handler on the root logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((str(getattr(record, "task_run_name", "")), record.getMessage()))
+
+
+def test_every_stage_s_job_lines_reach_the_console_handler(store: ArtifactStore) -> None:
+    """A NeMo-Run Experiment replaces the root logger's handlers when created and removes one when
+    garbage-collected: the console used to lose the job lines of some stages. Flows and
+    collections later, the root handlers are the ones set before, and they saw every stage's
+    job lines."""
+    root = logging.getLogger()
+    console = Recorder()
+    root.addHandler(console)
+    before, level = list(root.handlers), root.level
+    try:
+        for factor in (2, 3):
+            toy_flow(jobs(f"factor={factor}", produce=(f"scale={factor}",)), store)
+            gc.collect()
+            assert root.handlers == before and root.level == level
+    finally:
+        root.removeHandler(console)
+    for stage in ("toy/produce", "toy/consume"):
+        manifests = [message for name, message in console.lines if name == stage and message.startswith("manifest: ")]
+        assert len(manifests) == 2, (stage, console.lines[-20:])
 
 
 def test_failure_is_retried_and_resumes_from_checkpoint(store: ArtifactStore) -> None:
