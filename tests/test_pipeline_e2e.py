@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,8 +97,10 @@ def test_the_pipeline_runs_and_sft_beats_the_pretrained_model(home: Path, first_
         manifest = store.read_manifest(version.uri)
         assert manifest is not None and manifest.digest == version.digest
         store.verify(name, version.uri, manifest)
-    # The job's progress lines reach Prefect: test_prefect_shows_… reads the progress artifact.
-    # (The console can lose the job's lines once NeMo-Run's log handler takes over mid-run.)
+    # Every stage's job lines reach the console through Prefect's console handler (stderr), the
+    # last one included, and Prefect: test_prefect_shows_… reads the progress artifact.
+    for stage in STAGES:
+        assert re.search(rf"Task run '{re.escape(stage.id)}' - .*manifest: ", first_run.stderr), stage.id
     assert len(list((home / "store" / "_wandb").rglob("run-*.wandb"))) == len(STAGES)
 
 
@@ -188,6 +191,6 @@ def test_killed_during_pretrain_the_rerun_resumes_it(home: Path, first_run: subp
     rerun = nano3(home, *args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert statuses(rerun.stdout) == {"data_prep/pretrain": "cached", "pretrain": "ran"}
-    assert f"resumed from step {saved}" in rerun.stdout and saved >= 10
+    assert f"Task run 'pretrain' - resumed from step {saved}" in rerun.stderr and saved >= 10
     record = json.loads((home / "store" / "_runs" / f"{key}.json").read_text())
     assert record["attempt"] == 2, "one submission before the crash, one after: no duplicate"
