@@ -5,26 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _parents() -> dict[int, int]:
-    """pid → parent pid of every process, read once."""
-    found = {}
+def _children() -> dict[int, list[int]]:
+    """parent pid → its children's pids, over every process, /proc read once."""
+    found: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            found[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
+        found.setdefault(parent, []).append(int(stat.parent.name))
     return found
 
 
 def children(pid: int) -> list[int]:
-    return [child for child, parent in _parents().items() if parent == pid]
+    return _children().get(pid, [])
 
 
 def descendants(pid: int) -> list[int]:
-    parents, found, todo = _parents(), [], [pid]
+    tree, found, todo = _children(), [], [pid]
     while todo:
-        current = todo.pop()
-        kids = [child for child, parent in parents.items() if parent == current]
+        kids = tree.get(todo.pop(), [])
         found += kids
         todo += kids
     return found

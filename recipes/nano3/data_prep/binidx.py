@@ -350,10 +350,9 @@ def encode_with_processes(
     """`workers` threads in this process; beyond THREADS_PER_PROCESS, shards over a pool of processes."""
     processes = math.ceil(workers / THREADS_PER_PROCESS)
     threads = math.ceil(workers / processes)
-    shards = plan_shards(path, prefix, processes, shard_dir, eos, batch_bytes, threads)
-    if processes == 1 or len(shards) == 1:
-        return encode_range(tok, path, prefix, eos=eos, threads=min(workers, THREADS_PER_PROCESS),
-                            batch_bytes=batch_bytes, on_progress=on_progress)
+    shards = plan_shards(path, prefix, processes, shard_dir, eos, batch_bytes, threads) if processes > 1 else []
+    if len(shards) <= 1:
+        return encode_range(tok, path, prefix, eos=eos, threads=threads, batch_bytes=batch_bytes, on_progress=on_progress)
     shard_dir.mkdir(parents=True, exist_ok=True)
     documents = tokens = 0
     # spawn, not fork: this process may hold the tokenizer's threads (it may have just trained it).
