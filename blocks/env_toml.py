@@ -6,7 +6,6 @@ into a plain, fully resolved mapping. Typing that mapping is `blocks.profiles`' 
 
 from __future__ import annotations
 
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,9 +22,11 @@ RESERVED_SECTIONS = ("wandb", "artifacts", "cache", "cli")
 
 def find_env_file(start: Path | None = None) -> Path | None:
     """`$NEMOTRON_ENV_FILE` if set, else the nearest env.toml from `start` (cwd) upwards."""
-    explicit = os.environ.get(ENV_FILE_VAR)
+    from blocks.tool_settings import tool_settings
+
+    explicit = tool_settings().env_file
     if explicit:
-        path = Path(explicit).expanduser()
+        path = explicit.expanduser()
         if not path.is_file():
             raise ConfigError(f"{ENV_FILE_VAR} points at {path}, which is not a file")
         return path
@@ -135,6 +136,24 @@ class EnvFile:
             )
         merged = self._inherited(name, ())
         return _interpolate(merged, file=str(self.path), section=name, key="")
+
+    def field_sections(self, name: str) -> dict[str, str]:
+        """Which section of `name`'s `extends` chain set each key (tables key by key, `env_vars.X`),
+        so a plan can say that `nodes = 8` came from [pretrain-large] and `account` from [base]."""
+        chain: list[str] = []
+        current: Any = name
+        while isinstance(current, str) and current in self.raw_profiles and current not in chain:
+            chain.append(current)
+            current = self.raw_profiles[current].get("extends")
+        sections: dict[str, str] = {}
+        for section in reversed(chain):  # the root first: nearer sections overwrite
+            for key, value in self.raw_profiles[section].items():
+                if key == "extends":
+                    continue
+                sections[key] = section
+                if isinstance(value, Mapping):
+                    sections.update({f"{key}.{sub}": section for sub in value})
+        return sections
 
     def section(self, name: str) -> dict[str, Any] | None:
         """A reserved section ([wandb], [artifacts], [cache], [cli]), resolved, or None."""

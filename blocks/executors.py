@@ -22,6 +22,7 @@ import recipes
 
 from blocks.errors import ConfigError
 from blocks.profiles import (
+    NO_ACCOUNT_JOB_PREFIX,
     DGXCloudProfile,
     DockerProfile,
     KubeRayProfile,
@@ -84,6 +85,12 @@ def build_packager(profile: _Profile) -> run.Packager:
     files), hybrid (git and pattern), none (nothing)."""
     import nemo_run as run
 
+    def pattern() -> run.PatternPackager:
+        patterns, bases = profile.shipped_patterns(), profile.pattern_base()
+        if len(patterns) == 1:
+            return run.PatternPackager(include_pattern=patterns[0], relative_path=bases[0])
+        return run.PatternPackager(include_pattern=patterns, relative_path=bases)
+
     def git() -> run.GitArchivePackager:
         return run.GitArchivePackager(
             subpath=profile.subpath,
@@ -100,12 +107,14 @@ def build_packager(profile: _Profile) -> run.Packager:
     if profile.packager == "git":
         return git()
     if profile.packager == "pattern":
-        return run.PatternPackager(include_pattern=profile.include_pattern, relative_path=profile.relative_path)
-    # hybrid: the git archive, plus files outside git (data, generated configs) beside it.
-    extra = run.PatternPackager(
-        include_pattern=profile.packager_include_pattern, relative_path=profile.relative_path or os.getcwd()
-    )
-    return run.HybridPackager(sub_packagers={"code": git(), "extra": extra}, extract_at_root=False)
+        return pattern()
+    # hybrid: the git archive, plus files outside git (data, generated configs) beside it when
+    # packager_include_pattern names some (Nemotron configures its hybrid packager in code, so
+    # an env.toml section copied from it names none).
+    parts: dict[str, run.Packager] = {"code": git()}
+    if profile.shipped_patterns():
+        parts["extra"] = pattern()
+    return run.HybridPackager(sub_packagers=parts, extract_at_root=False)
 
 
 def build_tunnel(profile: SlurmProfile, target: ExecutionTarget) -> run.LocalTunnel | run.SSHTunnel:
@@ -113,27 +122,40 @@ def build_tunnel(profile: SlurmProfile, target: ExecutionTarget) -> run.LocalTun
     from nemo_run.config import get_nemorun_home
 
     if profile.tunnel == "ssh":
+        user, job_dir = profile.ssh_user(), profile.ssh_job_dir()
+        if not user:
+            raise ConfigError(
+                "not set, and neither ~/.ssh/config nor this machine names a user",
+                section=target.profile_name or None,
+                key="user",
+                hint="set user = '<login on the cluster>'",
+            )
+        _check_job_dir(job_dir, "remote_job_dir", target)
         # NeMo-Run's SSHTunnel asks for a passphrase interactively; a stored one is handed over
         # through the environment of the submitting process only (see submit time), never here.
         return run.SSHTunnel(
             host=profile.host,
-            user=profile.user,
+            user=user,
             port=profile.port,
-            job_dir=profile.remote_job_dir,
+            job_dir=job_dir,
             identity=os.path.expanduser(profile.identity) if profile.identity else None,
         )
     # LocalTunnel copies nothing: sbatch must find the script where NeMo-Run wrote it.
     job_dir = profile.job_dir or os.path.join(get_nemorun_home(), "experiments")
+    _check_job_dir(job_dir, "job_dir" if profile.job_dir else "NEMORUN_HOME", target)
+    return run.LocalTunnel(job_dir=job_dir)
+
+
+def _check_job_dir(job_dir: str, key: str, target: ExecutionTarget) -> None:
     if "nemo_run" in Path(job_dir).parts:
-        # NeMo-Run rewrites `/nemo_run` in a job's paths (its in-container code folder): a local
-        # job folder below one gets mangled output paths, and sbatch fails with exit 0:53.
+        # NeMo-Run rewrites `/nemo_run` in a job's paths (its in-container code folder): a job
+        # folder below one gets mangled output paths, and sbatch fails with exit 0:53.
         raise ConfigError(
             f"a Slurm job folder cannot lie below a folder named 'nemo_run' ({job_dir})",
             section=target.profile_name or None,
-            key="job_dir" if profile.job_dir else "NEMORUN_HOME",
+            key=key,
             hint="use another name, e.g. ~/.nemo_run (NeMo-Run's default)",
         )
-    return run.LocalTunnel(job_dir=job_dir)
 
 
 def _local(target: ExecutionTarget) -> run.Executor:
@@ -213,6 +235,9 @@ def _slurm(target: ExecutionTarget) -> run.Executor:
         optional["exclusive"] = True
     if profile.srun_args:
         optional["srun_args"] = list(profile.srun_args)
+    # No account: NeMo-Run writes no --account line, but would name the job after the account.
+    if not profile.account:
+        optional["job_name_prefix"] = NO_ACCOUNT_JOB_PREFIX
     # torchrun stages: NeMo-Run turns ntasks_per_node into torchrun's --nproc-per-node (one srun
     # task per node); a single-process stage runs once per node, not once per GPU.
     per_gpu = target.launcher == "torchrun"
@@ -237,9 +262,21 @@ def _dgxcloud(target: ExecutionTarget) -> run.Executor:
     import nemo_run as run
 
     profile: DGXCloudProfile = target.profile  # type: ignore[assignment]
+    if not profile.pvcs:
+        # NeMo-Run stages every job's files in pvc_nemo_run_dir and asserts it lies on a PVC of
+        # the workload; no claim name can be guessed.
+        top = "/" + profile.pvc_nemo_run_dir.strip("/").split("/")[0]
+        raise ConfigError(
+            f"is empty, but the job's files go to pvc_nemo_run_dir ({profile.pvc_nemo_run_dir}), "
+            "which must lie on one of the workload's PVCs",
+            section=target.profile_name or None,
+            key="pvcs",
+            hint=f'add e.g. pvcs = [{{ claimName = "<your-claim>", path = "{top}" }}]',
+        )
     return run.DGXCloudExecutor(
         base_url=profile.base_url,
-        kube_apiserver_url=profile.kube_apiserver_url,
+        # Required by NeMo-Run's dataclass, never used by it: the API is reached through base_url.
+        kube_apiserver_url=profile.kube_apiserver_url or "",
         client_id=profile.client_id,
         client_secret=_secret(profile.client_secret, target),
         project_name=profile.project_name,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from prefect.blocks.core import Block
 from pydantic import Field
@@ -33,6 +33,10 @@ class ExecutionProfileBlock(Block):
     explicit_fields: list[str] = Field(
         default_factory=list,
         description="Fields the env.toml set itself; the rest may take the recipe's run.env defaults.",
+    )
+    field_sections: dict[str, str] = Field(
+        default_factory=dict,
+        description="The env.toml section (of the extends chain) that set each field, shown in plans.",
     )
 
 
@@ -80,6 +84,9 @@ class ResolvedProfile:
     origin: str
     #: Fields the user set; the others give way to a recipe's run.env defaults.
     explicit: frozenset[str] = frozenset()
+    #: The env.toml section that set each key (`env_vars.X` for a table's entries), for plans.
+    sections: Mapping[str, str] = field(default_factory=dict)
+
 
 
 def push_env_file(env: EnvFile) -> list[str]:
@@ -109,6 +116,7 @@ def _save_blocks(env: EnvFile, profiles: dict, names: dict, wandb: object, artif
             source=str(env.path),
             profile=profile,
             explicit_fields=sorted(profile.model_fields_set),
+            field_sections=env.field_sections(name),
         ).save(names[name], overwrite=True)
     if wandb is not None:
         WandbSettings(settings=wandb).save(WANDB_BLOCK, overwrite=True)
@@ -173,10 +181,14 @@ def resolve_profile(name: str, env: EnvFile | None | bool = True) -> ResolvedPro
         )
     if env_file is not None and env_file.has_profile(name):
         profile = parse_profile(env_file.profile(name), file=str(env_file.path), section=name)
-        return ResolvedProfile(name, profile, f"env.toml:{env_file.path}", frozenset(profile.model_fields_set))
+        return ResolvedProfile(
+            name, profile, f"env.toml:{env_file.path}", frozenset(profile.model_fields_set), env_file.field_sections(name)
+        )
     block = _load_block(name)
     if block is not None:
-        return ResolvedProfile(name, block.profile, f"block:{block_name(name)}", frozenset(block.explicit_fields))
+        return ResolvedProfile(
+            name, block.profile, f"block:{block_name(name)}", frozenset(block.explicit_fields), dict(block.field_sections)
+        )
     where = f"{env_file.path}" if env_file else "no env.toml found (NEMOTRON_ENV_FILE or ./env.toml upwards)"
     known = env_file.profile_names if env_file else []
     raise ConfigError(

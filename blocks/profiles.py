@@ -7,7 +7,10 @@ model is what both the file and the Prefect block hold. Secrets are SecretStr: t
 
 from __future__ import annotations
 
+import getpass
+import os
 import re
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
@@ -29,6 +32,23 @@ from blocks.errors import ConfigError, did_you_mean
 
 #: Env var names whose values are secrets (the seeds' rule): they move to `secret_env_vars`.
 SECRET_ENV_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
+#: A value filled in for a key the profile leaves unset: (key, value used, why).
+Assumption = tuple[str, str, str]
+
+#: Where an SSH-tunnelled Slurm job lives when `remote_job_dir` is unset: NeMo-Run's own
+#: `~/.nemo_run/experiments`, under the user's home on the cluster. Slurm and pyxis need an
+#: absolute path and a plan cannot ask the cluster, so the home is taken to be /home/<user>
+#: (/root for root).
+DEFAULT_REMOTE_JOB_SUBDIR = ".nemo_run/experiments"
+#: Slurm job names when there is no account for NeMo-Run's `<account>-<account>.` prefix.
+NO_ACCOUNT_JOB_PREFIX = "nano3."
+
+
+def remote_home(user: str) -> str:
+    """The home folder a Linux cluster gives `user` by convention."""
+    return "/root" if user == "root" else f"/home/{user}"
+
 
 class FieldProblem(Exception):
     """Raised by cross-field validators so the error names the field, not just the profile.
@@ -76,6 +96,8 @@ class _Profile(BaseModel):
 
     #: What `executor = "..."` this model answers to.
     kind: ClassVar[str]
+    #: Whether a job on this executor needs a container image (the profile's or the recipe's).
+    needs_image: ClassVar[bool] = False
 
     @model_validator(mode="before")
     @classmethod
@@ -91,10 +113,21 @@ class _Profile(BaseModel):
 
     @model_validator(mode="after")
     def _packager_has_what_it_needs(self) -> _Profile:
-        if self.packager == "pattern" and not self.include_pattern:
-            raise FieldProblem("include_pattern", "packager = 'pattern' needs the files to ship")
-        if self.packager == "hybrid" and not self.packager_include_pattern:
-            raise FieldProblem("packager_include_pattern", "packager = 'hybrid' needs the files to ship beside git")
+        if self.packager == "pattern":
+            if not self.include_pattern and not self.packager_include_pattern:
+                raise FieldProblem(
+                    "packager_include_pattern", "packager = 'pattern' needs the files to ship (or 'include_pattern')"
+                )
+            if self.include_pattern and self.packager_include_pattern and self.include_pattern != self.packager_include_pattern:
+                raise FieldProblem(
+                    "packager_include_pattern",
+                    "packager = 'pattern' takes its files from one key; 'include_pattern' is set too",
+                )
+        patterns = self.shipped_patterns()
+        if patterns and isinstance(self.relative_path, list) and len(self.relative_path) != len(patterns):
+            raise FieldProblem(
+                "relative_path", f"has {len(self.relative_path)} entries for {len(patterns)} pattern(s); give one per pattern"
+            )
         return self
 
     @field_validator("env_vars", mode="before")
@@ -107,6 +140,41 @@ class _Profile(BaseModel):
 
     def secret_env(self) -> dict[str, str]:
         return dict(self.secret_env_vars.get_secret_value())
+
+    def shipped_patterns(self) -> list[str]:
+        """The patterns of the pattern part of the packager (`pattern`, or `hybrid`'s extras).
+
+        `pattern` reads `packager_include_pattern`, Nemotron's spelling, or `include_pattern`.
+        """
+        if self.packager == "pattern":
+            value = self.packager_include_pattern or self.include_pattern
+        elif self.packager == "hybrid":
+            value = self.packager_include_pattern
+        else:
+            return []
+        return [value] if isinstance(value, str) and value else list(value) if isinstance(value, list) else []
+
+    def pattern_base(self) -> list[str]:
+        """`relative_path`, one entry per pattern as NeMo-Run's PatternPackager requires; unset,
+        the folder the command runs in (NeMo-Run cannot take a relative path from "")."""
+        patterns = self.shipped_patterns()
+        if isinstance(self.relative_path, list):
+            return list(self.relative_path)
+        return [self.relative_path or os.getcwd()] * len(patterns)
+
+    def assumed(self) -> list[Assumption]:
+        """What was filled in for keys this profile leaves unset, as (key, value used, why).
+
+        Data only: a plan prints it, so no default reaches a cluster unexplained.
+        """
+        found: list[Assumption] = []
+        if self.packager == "hybrid" and not self.packager_include_pattern:
+            found.append(("packager_include_pattern", "", "not set; packager = 'hybrid' ships the git archive alone"))
+        if self.shipped_patterns() and not self.relative_path:
+            found.append(
+                ("relative_path", os.getcwd(), "not set; the pattern's paths are taken relative to the folder the command runs in")
+            )
+        return found
 
     def secrets(self) -> list[str]:
         """Every secret value this profile carries, for redaction of anything we print."""
@@ -151,7 +219,13 @@ class LocalProfile(_Profile):
 class DockerProfile(_Profile, _ContainerFields):
     kind: ClassVar[str] = "docker"
     executor: Literal["docker"] = "docker"
-    container_image: str = Field(validation_alias=AliasChoices("container_image", "container"))
+    container_image: str | None = Field(
+        None,
+        validation_alias=AliasChoices("container_image", "container"),
+        description="Image the job runs in; unset, each stage's recipe run.env names it.",
+    )
+    #: A job cannot start without an image: the merged job must have one (tasks.job_config).
+    needs_image: ClassVar[bool] = True
     gpus_per_node: int | None = Field(None, description="-1 means every GPU of the host.")
     nproc_per_node: int = Field(1, ge=1, validation_alias=AliasChoices("nproc_per_node", "ntasks_per_node"))
     runtime: str | None = "nvidia"
@@ -164,17 +238,19 @@ class DockerProfile(_Profile, _ContainerFields):
 class SSHTunnelFields(BaseModel):
     tunnel: Literal["local", "ssh"] = Field("local", description="`ssh` submits through a login node.")
     host: str | None = None
-    user: str | None = None
+    user: str | None = Field(None, description="Login on the cluster; unset, whom ssh would log in as.")
     port: int | None = None
     identity: str | None = Field(None, description="Private key file for the ssh tunnel.")
     identity_passphrase: SecretStr | None = Field(None, description="Passphrase of `identity`, if it has one.")
-    remote_job_dir: str | None = Field(None, description="Job folder on the cluster (required with tunnel=ssh).")
+    remote_job_dir: str | None = Field(
+        None, description="Job folder on the cluster; unset, ~/.nemo_run/experiments in /home/<user> there."
+    )
 
 
 class SlurmProfile(_Profile, _ContainerFields, SSHTunnelFields):
     kind: ClassVar[str] = "slurm"
     executor: Literal["slurm"] = "slurm"
-    account: str
+    account: str | None = Field(None, description="Unset, no --account: Slurm charges the user's default account.")
     partition: str | None = None
     run_partition: str | None = Field(None, description="Partition for attached runs (--run).")
     batch_partition: str | None = Field(None, description="Partition for detached runs (--batch).")
@@ -191,14 +267,69 @@ class SlurmProfile(_Profile, _ContainerFields, SSHTunnelFields):
     setup_lines: str | None = None
     srun_args: list[str] = Field(default_factory=list)
     job_dir: str | None = Field(None, description="Local job folder when tunnel=local (default under NEMORUN_HOME).")
+    # Nemotron's container-build keys: accepted so its env.toml files load; no stage here builds images.
+    build_partition: str | None = Field(None, description="Accepted for Nemotron env.toml files; not used.")
+    build_time: str | None = Field(None, description="Accepted for Nemotron env.toml files; not used.")
+    build_cache_dir: str | None = Field(None, description="Accepted for Nemotron env.toml files; not used.")
 
     @model_validator(mode="after")
     def _ssh_needs_host(self) -> SlurmProfile:
-        if self.tunnel == "ssh":
-            for name in ("host", "user", "remote_job_dir"):
-                if not getattr(self, name):
-                    raise FieldProblem(name, "required when tunnel = 'ssh'")
+        # The only key with no sensible default: which login node to reach.
+        if self.tunnel == "ssh" and not self.host:
+            raise FieldProblem("host", "required when tunnel = 'ssh'")
         return self
+
+    def _ssh_user(self) -> tuple[str | None, str]:
+        """(login, where it came from): `user`, else what ssh itself would use for `host`."""
+        if self.user:
+            return self.user, "set"
+        configured = _ssh_config_user(self.host or "")
+        if configured:
+            return configured, f"not set; the User that ~/.ssh/config gives {self.host}"
+        try:
+            return getpass.getuser(), "not set; the local user name, as ssh uses without a User in ~/.ssh/config"
+        except (KeyError, OSError):
+            return None, "not set, and neither ~/.ssh/config nor this machine names a user"
+
+    def ssh_user(self) -> str | None:
+        """The login for tunnel=ssh; None when nothing names one."""
+        return self._ssh_user()[0]
+
+    def ssh_job_dir(self) -> str | None:
+        """The job folder on the cluster for tunnel=ssh; None when no user is known to place it."""
+        if self.remote_job_dir:
+            return self.remote_job_dir
+        user = self.ssh_user()
+        return f"{remote_home(user)}/{DEFAULT_REMOTE_JOB_SUBDIR}" if user else None
+
+    def assumed(self) -> list[Assumption]:
+        found = super().assumed()
+        if not self.account:
+            found.append(
+                (
+                    "account",
+                    "",
+                    "not set; the sbatch script has no --account line, so Slurm charges the user's default "
+                    f"account, and jobs are named {NO_ACCOUNT_JOB_PREFIX}<stage>",
+                )
+            )
+        if self.tunnel == "ssh":
+            user, why = self._ssh_user()
+            if not self.user:
+                found.append(("user", user or "", why))
+            if not self.remote_job_dir:
+                found.append(
+                    (
+                        "remote_job_dir",
+                        self.ssh_job_dir() or "",
+                        "not set; tunnel = 'ssh' needs a job folder on the cluster: NeMo-Run's "
+                        "~/.nemo_run/experiments, taking the home there to be /home/<user>",
+                    )
+                )
+        for name in ("build_partition", "build_time", "build_cache_dir"):
+            if getattr(self, name):
+                found.append((name, "", "set, but not used: no stage here builds a container"))
+        return found
 
     def partition_for(self, detached: bool) -> str | None:
         """`batch_partition` for --batch, `run_partition` for --run, `partition` otherwise."""
@@ -210,11 +341,19 @@ class DGXCloudProfile(_Profile, _ContainerFields):
     kind: ClassVar[str] = "dgxcloud"
     executor: Literal["dgxcloud"] = "dgxcloud"
     base_url: str
-    kube_apiserver_url: str
+    kube_apiserver_url: str | None = Field(
+        None, description="NeMo-Run's executor requires the field but talks to base_url only; unset, ''."
+    )
     client_id: str = Field(validation_alias=AliasChoices("client_id", "app_id"))
     client_secret: SecretStr = Field(validation_alias=AliasChoices("client_secret", "app_secret"))
     project_name: str
-    container_image: str = Field(validation_alias=AliasChoices("container_image", "container"))
+    container_image: str | None = Field(
+        None,
+        validation_alias=AliasChoices("container_image", "container"),
+        description="Image the job runs in; unset, each stage's recipe run.env names it.",
+    )
+    #: A job cannot start without an image: the merged job must have one (tasks.job_config).
+    needs_image: ClassVar[bool] = True
     pvc_nemo_run_dir: str
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(0, ge=0)
@@ -225,11 +364,26 @@ class DGXCloudProfile(_Profile, _ContainerFields):
 
     @model_validator(mode="after")
     def _run_dir_on_a_pvc(self) -> DGXCloudProfile:
-        # NeMo-Run asserts this only at submission; saying it at load time names the key.
-        if not any(self.pvc_nemo_run_dir.startswith(str(p.get("path", "")).rstrip("/") + "/") or
+        # NeMo-Run asserts this only at submission; saying it at load time names the key. No
+        # pvcs at all may still be filled in by a recipe's run.env: that is checked when the
+        # executor is built.
+        if self.pvcs and not any(self.pvc_nemo_run_dir.startswith(str(p.get("path", "")).rstrip("/") + "/") or
                    self.pvc_nemo_run_dir == p.get("path") for p in self.pvcs):
             raise FieldProblem("pvc_nemo_run_dir", "is not under the 'path' of any entry in 'pvcs'")
         return self
+
+    def assumed(self) -> list[Assumption]:
+        found = super().assumed()
+        if not self.kube_apiserver_url:
+            found.append(
+                (
+                    "kube_apiserver_url",
+                    "",
+                    "not set; NeMo-Run's DGX Cloud executor requires the field but submits, watches and "
+                    "cancels jobs through base_url only",
+                )
+            )
+        return found
 
 
 class LeptonMount(BaseModel):
@@ -242,7 +396,13 @@ class LeptonMount(BaseModel):
 class LeptonProfile(_Profile, _ContainerFields):
     kind: ClassVar[str] = "lepton"
     executor: Literal["lepton"] = "lepton"
-    container_image: str = Field(validation_alias=AliasChoices("container_image", "container"))
+    container_image: str | None = Field(
+        None,
+        validation_alias=AliasChoices("container_image", "container"),
+        description="Image the job runs in; unset, each stage's recipe run.env names it.",
+    )
+    #: A job cannot start without an image: the merged job must have one (tasks.job_config).
+    needs_image: ClassVar[bool] = True
     nemo_run_dir: str
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(0, ge=0)
@@ -289,6 +449,21 @@ class KubeRayProfile(_Profile):
     head_memory: str | None = None
     workers: int = Field(1, ge=1, description="Replicas of the single worker group.")
     gpus_per_worker: int | None = None
+
+
+def _ssh_config_user(host: str) -> str | None:
+    """The `User` ~/.ssh/config sets for `host`, as ssh (and NeMo-Run's connection) would use it."""
+    path = Path("~/.ssh/config").expanduser()
+    if not host or not path.is_file():
+        return None
+    from paramiko import SSHConfig
+    from paramiko.ssh_exception import ConfigParseError, CouldNotCanonicalize
+
+    try:
+        return SSHConfig.from_path(str(path)).lookup(host).get("user")
+    except (OSError, ValueError, ConfigParseError, CouldNotCanonicalize):
+        # ssh would report a broken file at connection time; here it just names no user.
+        return None
 
 
 PROFILE_TYPES: dict[str, type[_Profile]] = {

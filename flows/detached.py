@@ -42,19 +42,19 @@ def check_detachable(context: RunContext) -> None:
         )
 
 
-def _wandb_secret(wandb: WandbConfig | None) -> dict[str, str]:
-    return {"WANDB_API_KEY": wandb.api_key.get_secret_value()} if wandb is not None and wandb.api_key is not None else {}
-
-
 def submit_jobs(jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig | None) -> list[Submission]:
-    """One pass over the stages in order: publish the finished, report the running, submit the ready."""
-    from flows.pipeline import execute_stages
-    from tasks.stage_task import prepare_stage
+    """One pass over the stages in order: publish the finished, report the running, submit the ready.
+
+    A stage is prepared, published and submitted by the same functions as an attached run's
+    (tasks.stage_task), so its job gets the same env and secrets; only the mode differs.
+    """
+    from tasks.lineage import publish_run_lineage
+    from tasks.stage_task import prepare_stage, run_prepared_stage, submit_stage
     from tasks.submissions import is_active
-    from tasks.submit import submit_and_wait
 
     logger = get_run_logger()
     produced: dict[str, ArtifactVersion] = {}
+    published: list[tuple[str, ArtifactVersion, dict[str, ArtifactVersion]]] = []
     unfinished: dict[str, str] = {}  # artifact name → the stage that will publish it
     results: list[Submission] = []
     for job in jobs:
@@ -66,8 +66,9 @@ def submit_jobs(jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig 
             continue
         prepared = prepare_stage(job, store, produced)
         if store.read_manifest(prepared.output_url) is not None:
-            [result] = execute_stages([job], store, wandb)  # verifies and publishes; submits nothing
+            result = run_prepared_stage(prepared, store, wandb)  # verifies and publishes; submits nothing
             produced[result.artifact.name] = result.artifact
+            published.append((result.stage, result.artifact, result.inputs))
             results.append(Submission(stage=stage.id, status="done", detail=result.artifact.ref))
             continue
         unfinished[stage.artifact] = stage.id
@@ -75,20 +76,18 @@ def submit_jobs(jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig 
         if record is not None and is_active(record):
             results.append(Submission(stage=stage.id, status="running", experiment_id=record.experiment_id, job_id=record.job_id))
             continue
-        logger.info(f"{stage.id}: cache key {prepared.cache_key}, submitting detached through {job.profile.executor}")
-        outcome = submit_and_wait(
-            job,
-            resolved_config=prepared.resolved_yaml,
-            cache_key=prepared.cache_key,
-            work_dir=prepared.work_url,
-            store=store,
-            detached=True,
-            on_line=logger.info,
-            extra_secret_env=_wandb_secret(wandb),
-        )
+        outcome = submit_stage(prepared, store, wandb, detached=True, on_line=logger.info)
         results.append(
-            Submission(stage=stage.id, status="submitted", experiment_id=outcome.experiment_id, job_id=outcome.job_id, detail=outcome.state)
+            Submission(
+                stage=stage.id,
+                status="running" if outcome.reattached else "submitted",
+                experiment_id=outcome.experiment_id,
+                job_id=outcome.job_id,
+                detail=outcome.state,
+            )
         )
+    if published:
+        publish_run_lineage(published)
     return results
 
 

@@ -69,11 +69,14 @@ def print_plan(options: RunOptions, stages: list[Stage]) -> None:
     context = resolve_context(options)
     jobs = stage_jobs(context, stages)
     with without():
+        from tasks.artifacts import open_store
         from tasks.submission import plan_submission, render_plan
 
+        # The store and [wandb] add secret env vars to every job: the plan names them, as sent.
+        store = open_store(context.artifacts)
         for job in jobs:
             print(f"=== {job.stage.id} " + "=" * max(0, 60 - len(job.stage.id)))
-            print(render_plan(plan_submission(job, detached=options.detached)))
+            print(render_plan(plan_submission(job, detached=options.detached, store=store, wandb=context.wandb)))
 
 
 def run_pipeline(options: RunOptions, stages: list[Stage], flow_name: str = PIPELINE_FLOW) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.run_options import RunOptions, resolve_context, stage_jobs
 from blocks.settings import WandbConfig
+from flows.detached import check_detachable, submit_jobs
+from flows.run_options import RunOptions, resolve_context, stage_jobs
 from tasks.artifacts import ArtifactStore, ArtifactVersion, open_store
 from tasks.job_config import JobConfig
-from tasks.stage_task import StageResult, prepare_stage, stage_task
+from tasks.stage_task import StageResult, prepare_stage, run_prepared_stage
 from tasks.stages import STAGES, STAGES_BY_ID
 
 
@@ -31,8 +32,6 @@ def nano3_pipeline(
     if options.detached:
         # A scheduled run with `batch` submits what can start and returns; the next run (or
         # `nemotron nano3 pipe -b` again) publishes what finished and submits what follows.
-        from flows.detached import check_detachable, submit_jobs
-
         check_detachable(context)
         return submit_jobs(jobs, store, context.wandb)  # type: ignore[return-value]
     return execute_stages(jobs, store, context.wandb)
@@ -47,11 +46,7 @@ def execute_stages(
     produced: dict[str, ArtifactVersion] = {}
     results: list[StageResult] = []
     for job in jobs:
-        prepared = prepare_stage(job, store, produced)
-        state = stage_task(prepared)(prepared, store, wandb, return_state=True)
-        result: StageResult = state.result()
-        if state.name == "Cached":
-            result = result.model_copy(update={"status": "cached", "seconds": 0.0})
+        result = run_prepared_stage(prepare_stage(job, store, produced), store, wandb)
         produced[result.artifact.name] = result.artifact
         results.append(result)
     publish_run_lineage([(r.stage, r.artifact, r.inputs) for r in results])

@@ -108,6 +108,7 @@ def stage_jobs(context: RunContext, stages: Sequence[Stage]) -> list[JobConfig]:
                 profile_name=context.profile.name,
                 profile_origin=context.profile.origin,
                 explicit_fields=context.profile.explicit,
+                profile_sections=context.profile.sections,
                 overrides=[override],
             )
     jobs = []
@@ -126,6 +127,7 @@ def stage_jobs(context: RunContext, stages: Sequence[Stage]) -> list[JobConfig]:
                 profile_name=context.profile.name,
                 profile_origin=context.profile.origin,
                 explicit_fields=context.profile.explicit,
+                profile_sections=context.profile.sections,
                 overrides=mine,
                 wandb=context.wandb,
             )

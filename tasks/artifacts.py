@@ -365,7 +365,9 @@ DEFAULT_ROOT = ".nano3/artifacts"
 
 def open_store(settings: ArtifactsConfig | None) -> ArtifactStore:
     """The store of env.toml's [artifacts] (or its block); NANO3_ARTIFACTS_ROOT; else ./.nano3/artifacts."""
-    root = (settings.root if settings else None) or os.environ.get("NANO3_ARTIFACTS_ROOT") or DEFAULT_ROOT
+    from blocks.tool_settings import tool_settings
+
+    root = (settings.root if settings else None) or tool_settings().artifacts_root or DEFAULT_ROOT
     options: dict[str, Any] = {}
     if settings and root.startswith(("s3://", "s3a://")):
         client_kwargs = {

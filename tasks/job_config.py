@@ -1,32 +1,31 @@
 """A stage's job configuration: recipe YAML, command-line overrides and the execution profile.
 
-Merge order: the recipe YAML's `run.env` gives defaults, the profile overrides them, except for
-what the recipe needs to run at all (its image, nodes and processes: RECIPE_OWNED), where a value
-the YAML sets wins back, as the seeds' loader does; `run.env.*` overrides on the command line win
-over both. One cluster profile thus serves a CPU data-prep stage and an 8-GPU training stage.
-Everything else in the YAML goes to the recipe; `[wandb]` arrives as `run.wandb`.
+Merge order, the seeds': the recipe YAML's `run.env` gives defaults, the profile (its `extends`
+chain applied) overrides them, `run.env.*` overrides on the command line win over both. A
+profile thus says what a job gets; one cluster serves a CPU data-prep stage and an 8-GPU
+training stage through a profile per stage shape (`[data-prep]`, `[pretrain]` extending one
+cluster section). Everything else in the YAML goes to the recipe; `[wandb]` arrives as
+`run.wandb`. The job remembers where each executor field came from, for the dry-run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from pydantic import AliasChoices
 from omegaconf.errors import OmegaConfBaseException
 
 from blocks.env_toml import deep_merge
 from blocks.errors import ConfigError, did_you_mean
 from blocks.profiles import PROFILE_TYPES, _Profile, accepted_keys, parse_profile
 from blocks.settings import WandbConfig
-from tasks.stages import Stage
+from tasks.stages import PROJECT_ROOT, Stage
 
 COMMAND_LINE = "command line"
-#: run.env keys where the recipe's value beats the profile's (the profile still fills them in
-#: when the recipe is silent).
-RECIPE_OWNED = ("container_image", "container", "nodes", "gpus_per_node", "ntasks_per_node", "nproc_per_node", "nprocs_per_node")
 ENV_PREFIX = "run.env."
 
 
@@ -138,6 +137,34 @@ def stage_for_config(stage: Stage, cfg: DictConfig, *, file: Path) -> Stage:
         ) from None
 
 
+def canonical_keys(cls: type[_Profile], data: dict[str, Any]) -> dict[str, Any]:
+    """Every key under its field name (`container` → `container_image`, a local profile's
+    `ntasks_per_node` → `nproc_per_node`), so the recipe's spelling cannot beat the profile's."""
+    names: dict[str, str] = {}
+    for name, info in cls.model_fields.items():
+        if isinstance(info.validation_alias, AliasChoices):
+            names.update({alias: name for alias in info.validation_alias.choices if isinstance(alias, str)})
+    return {names.get(key, key): value for key, value in data.items()}
+
+
+def _flat_keys(data: dict[str, Any]) -> list[str]:
+    """Top-level keys, and `key.sub` for a table's entries (env_vars are merged entry by entry)."""
+    keys = []
+    for key, value in data.items():
+        keys.append(key)
+        if isinstance(value, dict):
+            keys.extend(f"{key}.{sub}" for sub in value)
+    return keys
+
+
+def _profile_source(key: str, profile_name: str, profile_origin: str, sections: Mapping[str, str]) -> str:
+    section = sections.get(key) or sections.get(key.split(".")[0]) or profile_name
+    where = f"profile [{profile_name}]" if section == profile_name else f"profile [{profile_name}], inherited from [{section}]"
+    if profile_origin.startswith("block:"):
+        return f"{where}, {profile_origin.replace(':', ' ', 1)}"
+    return where
+
+
 def effective_profile(
     profile: _Profile,
     explicit: frozenset[str],
@@ -146,15 +173,20 @@ def effective_profile(
     *,
     profile_name: str,
     config_file: Path,
-) -> _Profile:
-    """YAML run.env ⊕ profile ⊕ run.env.* overrides, validated as the profile's executor.
+    profile_origin: str = "",
+    sections: Mapping[str, str] | None = None,
+) -> tuple[_Profile, dict[str, str]]:
+    """YAML run.env ⊕ profile ⊕ run.env.* overrides, validated as the profile's executor; and
+    for every key set, where its value came from.
 
-    YAML keys the executor does not have are recipe defaults for other executors (a container
-    image means nothing to `local`) and are skipped; an override of an unknown key is an error.
+    The seeds' order: the recipe's run.env only fills in what the profile leaves open, so
+    `nodes = 8` in a profile means 8 nodes whatever the recipe's default. YAML keys the executor
+    does not have are recipe defaults for other executors (a container image means nothing to
+    `local`) and are skipped; an override of an unknown key is an error.
     """
     cls = PROFILE_TYPES[profile.executor]
     known = accepted_keys(cls)
-    defaults = {k: v for k, v in yaml_env.items() if k in known and k != "executor"}
+    defaults = canonical_keys(cls, {k: v for k, v in yaml_env.items() if k in known and k != "executor"})
     dumped = profile.model_dump(by_alias=False)
     own = {k: dumped[k] for k in explicit if k in dumped}
     # env_vars arrive split in two; keep secrets out of the plain dict's way.
@@ -162,14 +194,16 @@ def effective_profile(
     secret_env = profile.secret_env()
     if secret_env:
         own["env_vars"] = {**own.get("env_vars", {}), **secret_env}
-    owned = {k: v for k, v in defaults.items() if k in RECIPE_OWNED}
-    if "container" in owned:  # one spelling, so the recipe's image cannot lose to its own alias
-        owned["container_image"] = owned.pop("container")
-        own.pop("container", None)
-    merged = deep_merge(deep_merge(defaults, own), owned)
-    with_yaml = parse_profile(merged, file=str(config_file), section=f"run.env + profile {profile_name}")
+    recipe_source = f"recipe {_shown_path(config_file)} run.env"
+    sources = {key: recipe_source for key in _flat_keys(defaults)}
+    sources.update(
+        {key: _profile_source(key, profile_name, profile_origin, sections or {}) for key in _flat_keys(own)}
+    )
+    merged = deep_merge(defaults, own)
     if not env_overrides:
-        return with_yaml
+        job = parse_profile(merged, file=str(config_file), section=f"run.env + profile {profile_name}")
+        _check_image(job, profile_name, profile_origin, config_file)
+        return job, sources
     extra: dict[str, Any] = {}
     for override in env_overrides:
         key = override.key[len(ENV_PREFIX):]
@@ -186,7 +220,33 @@ def effective_profile(
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={override.value}"]))["v"]  # type: ignore[index]
-    return parse_profile(deep_merge(merged, extra), file=COMMAND_LINE, section=f"profile {profile_name}")
+    extra = canonical_keys(cls, extra)
+    sources.update({key: f"command line {ENV_PREFIX}{key}" for key in _flat_keys(extra)})
+    job = parse_profile(deep_merge(merged, extra), file=COMMAND_LINE, section=f"profile {profile_name}")
+    _check_image(job, profile_name, profile_origin, config_file)
+    return job, sources
+
+
+def _check_image(job: _Profile, profile_name: str, profile_origin: str, config_file: Path) -> None:
+    """An executor that runs containers gets its image from the profile or the recipe; neither
+    is an error before anything is submitted, named where a user would add it."""
+    if not job.needs_image or getattr(job, "container_image", None):
+        return
+    env_file = profile_origin.removeprefix("env.toml:") if profile_origin.startswith("env.toml:") else None
+    raise ConfigError(
+        f"required field is missing: executor '{job.executor}' runs jobs in a container, and neither the "
+        f"profile nor {_shown_path(config_file)} (run.env.container_image) names one",
+        file=env_file or str(config_file),
+        section=profile_name,
+        key="container_image",
+        hint="set container_image in the profile, or pass run.env.container_image=IMAGE",
+    )
+
+
+def _shown_path(path: Path) -> str:
+    """A recipe config relative to the project when it is one of ours, else as given."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(PROJECT_ROOT)) if resolved.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 @dataclass(frozen=True)
@@ -202,6 +262,9 @@ class JobConfig:
     profile: _Profile
     profile_origin: str
     overrides: tuple[str, ...] = field(default_factory=tuple)
+    #: Where each executor field set for this job came from (recipe, profile section, command
+    #: line); `env_vars.X` per entry.
+    field_sources: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def recipe_yaml(self) -> str:
         return OmegaConf.to_yaml(self.recipe_config, resolve=True)
@@ -215,6 +278,7 @@ def build_job_config(
     profile_name: str,
     profile_origin: str,
     explicit_fields: frozenset[str] | None = None,
+    profile_sections: Mapping[str, str] | None = None,
     overrides: Sequence[Override] = (),
     wandb: WandbConfig | None = None,
 ) -> JobConfig:
@@ -226,13 +290,15 @@ def build_job_config(
     stage = stage_for_config(stage, cfg, file=config_file)
     yaml_env = OmegaConf.to_container(cfg.run.env, resolve=True) if _has_key(cfg, "run.env") else {}
     assert isinstance(yaml_env, dict)
-    effective = effective_profile(
+    effective, sources = effective_profile(
         profile,
         explicit_fields if explicit_fields is not None else frozenset(profile.model_fields_set),
         yaml_env,  # type: ignore[arg-type]
         env_overrides,
         profile_name=profile_name,
         config_file=config_file,
+        profile_origin=profile_origin,
+        sections=profile_sections,
     )
     recipe = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(recipe, dict)
@@ -250,4 +316,5 @@ def build_job_config(
         profile=effective,
         profile_origin=profile_origin,
         overrides=tuple(o.token for o in overrides),
+        field_sources=tuple(sorted(sources.items())),
     )

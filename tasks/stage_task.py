@@ -1,9 +1,10 @@
 """The one generic Prefect task every stage runs: submit recipe → wait → read manifest → publish.
 
-Caching: the stage's cache key (tasks.cache_key) plus the digest of the manifest found for it is
-Prefect's cache key, so a finished stage shows as Cached and does no work. A stage whose job
-fails is retried by Prefect with backoff; the recipe resumes from its own checkpoints because a
-retry reuses the same work folder.
+Caching: the stage's cache key (tasks.cache_key) plus its output's location is Prefect's cache
+key, known before the job runs, so the first run's result is recorded under it and a rerun shows
+as Cached and does no work; a stage whose output is gone runs again (run_prepared_stage).
+A stage whose job fails is retried by Prefect with backoff; the recipe resumes from its own
+checkpoints because a retry reuses the same work folder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +27,7 @@ from recipes.nano3.runtime import PROGRESS_PREFIX
 from tasks.artifacts import ArtifactError, ArtifactStore, ArtifactVersion
 from tasks.cache_key import compute_cache_key
 from tasks.job_config import JobConfig
-from tasks.submit import submit_and_wait
+from tasks.submit import JobOutcome, submit_and_wait
 
 
 #: Jobs one stage may chain when each reaches the scheduler's time limit (each resumes the last).
@@ -93,16 +95,15 @@ def prepare_stage(job: JobConfig, store: ArtifactStore, produced: dict[str, Arti
 
 
 class StageCachePolicy(CachePolicy):
-    """Cached exactly when the stage's output exists: key = cache key + manifest digest."""
+    """Key = cache key + output location, both known before the job runs: the first run's result
+    is recorded under it, so the second is Cached in Prefect. That Prefect holds a record does not
+    make a stage cached; run_prepared_stage refreshes the record where the output is gone."""
 
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
         prepared: PreparedStage = inputs["prepared"]
-        manifest = inputs["store"].read_manifest(prepared.output_url)
-        if manifest is None:
-            return None
         # The output's location is part of the key: the same content in another store is not a hit.
         where = hashlib.sha256(prepared.output_url.encode()).hexdigest()[:8]
-        return f"nano3-{prepared.cache_key}-{manifest.digest.removeprefix('sha256:')[:16]}-{where}"
+        return f"nano3-{prepared.cache_key}-{where}"
 
 
 class ProgressReporter:
@@ -158,26 +159,39 @@ STAGE_TASK_OPTIONS: dict[str, Any] = dict(
 )
 
 
+def submit_stage(
+    prepared: PreparedStage,
+    store: ArtifactStore,
+    wandb: WandbConfig | None,
+    *,
+    detached: bool,
+    on_line: Callable[[str], None],
+) -> JobOutcome:
+    """Submit the stage's job (or re-attach to the one computing its cache key): the one way a
+    stage is submitted, attached (then waited for) or detached (`--batch`, then left running).
+    The job's env and secrets are assembled inside, from the store and [wandb], for both modes."""
+    mode = "detached " if detached else ""
+    get_run_logger().info(
+        f"{prepared.stage_id}: cache key {prepared.cache_key}, submitting {mode}through {prepared.job.profile.executor}"
+    )
+    return submit_and_wait(
+        prepared.job,
+        resolved_config=prepared.resolved_yaml,
+        cache_key=prepared.cache_key,
+        work_dir=prepared.work_url,
+        store=store,
+        wandb=wandb,
+        detached=detached,
+        on_line=on_line,
+    )
+
+
 def _submit_until_done(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None) -> Literal["ran", "reattached"]:
     """Submit (or re-attach), wait, and chain jobs stopped by a time limit; fail without a manifest."""
     logger = get_run_logger()
-    logger.info(f"{prepared.stage_id}: cache key {prepared.cache_key}, submitting through {prepared.job.profile.executor}")
     reporter = ProgressReporter(prepared.stage_id)
-    secret_env = (
-        {"WANDB_API_KEY": wandb.api_key.get_secret_value()} if wandb is not None and wandb.api_key is not None else {}
-    )
-    secret_env.update(store.job_secret_env())  # a remote store's credentials, for the recipe's s3fs
     for chained in range(1, MAX_CHAINED_JOBS + 1):
-        outcome = submit_and_wait(
-            prepared.job,
-            resolved_config=prepared.resolved_yaml,
-            cache_key=prepared.cache_key,
-            work_dir=prepared.work_url,
-            store=store,
-            detached=False,
-            on_line=reporter,
-            extra_secret_env=secret_env,
-        )
+        outcome = submit_stage(prepared, store, wandb, detached=False, on_line=reporter)
         if not outcome.stopped_by_time_limit or store.read_manifest(prepared.output_url) is not None:
             break
         # A time limit is progress, not a failure: the next job resumes from the checkpoint.
@@ -191,7 +205,7 @@ def _submit_until_done(prepared: PreparedStage, store: ArtifactStore, wandb: Wan
 
 
 def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None) -> StageResult:
-    """Attached: submit (or re-attach), wait, publish. Detached submission is flows.detached's."""
+    """Attached: submit (or re-attach), wait, publish. flows.detached submits through submit_stage too."""
     from tasks.lineage import (
         describe_asset_materialization,
         import_wandb_in_background,
@@ -242,6 +256,26 @@ def stage_task(prepared: PreparedStage) -> Task[..., StageResult]:
         asset_deps=input_assets(prepared.inputs),
         **STAGE_TASK_OPTIONS,
     )(_run_stage)
+
+
+def run_prepared_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None) -> StageResult:
+    """The stage task for one prepared stage, inside the current flow: runs it, or verifies and
+    publishes the output its cache key already has (status `cached` when Prefect found it so).
+
+    Cached exactly when the output exists: where the store has no manifest for it (store wiped,
+    output deleted) Prefect's record of an earlier run is not used but replaced (refresh_cache).
+    """
+    task = stage_task(prepared)
+    if store.read_manifest(prepared.output_url) is None:
+        task = task.with_options(refresh_cache=True)
+    state = task(prepared, store, wandb, return_state=True)
+    result: StageResult = state.result()
+    if state.name == "Cached":
+        # The store, not Prefect's record, holds the truth: verify the output and publish it again
+        # (`latest` points at it), as a run that finds the output does.
+        artifact = _publish(prepared, store)
+        result = result.model_copy(update={"status": "cached", "seconds": 0.0, "artifact": artifact})
+    return result
 
 
 def store_wandb_dir(store: ArtifactStore):  # noqa: ANN201 - Path

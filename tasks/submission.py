@@ -1,4 +1,8 @@
-"""What NeMo-Run would submit for a stage: the script task, and the exact submission text.
+"""What NeMo-Run submits for a stage: the script task, the job's target, and the exact submission text.
+
+`job_target` is the one description of a stage's job (executor settings, env vars, secrets, mode)
+that a real submission, attached or detached, and the dry-run all build their executor from: a
+plan lists exactly the env var names a submission would send.
 
 Planning never sees a secret: the executor is built with every secret already redacted, so
 neither the printed plan nor the files NeMo-Run writes while planning can hold one.
@@ -24,6 +28,9 @@ from tasks.stages import PROJECT_ROOT
 
 if TYPE_CHECKING:
     import nemo_run as run
+
+    from blocks.settings import WandbConfig
+    from tasks.artifacts import ArtifactStore
 
 #: Where packaged code lands inside a remote job (NeMo-Run's convention for every remote executor).
 REMOTE_CODE_DIR = "/nemo_run/code"
@@ -60,8 +67,8 @@ def recipe_task(job: JobConfig, config_path: str | None = None) -> run.Script:
     script = f"{code_dir(job)}/{job.stage.script_relpath}"
     args = ["--config", config_path or config_path_in_job(job)]
     if job.stage.launcher == "ray":
-        # The effective profile's node count (the recipe's run.env.nodes wins); executors without
-        # one (local, docker) run on this one machine.
+        # The effective profile's node count (the profile's, else the recipe's run.env.nodes);
+        # executors without one (local, docker) run on this one machine.
         nodes = getattr(job.profile, "nodes", 1)
         args = ["--nodes", str(nodes), script, *args]
         script = f"{code_dir(job)}/{RAY_CLUSTER_SCRIPT}"
@@ -70,6 +77,46 @@ def recipe_task(job: JobConfig, config_path: str | None = None) -> run.Script:
 
 def launcher_for(job: JobConfig) -> str | None:
     return "torchrun" if job.stage.launcher == "torchrun" else None
+
+
+def job_secret_env(store: ArtifactStore | None, wandb: WandbConfig | None) -> dict[str, str]:
+    """The secret env vars a stage's job gets beside its profile's: the W&B key of [wandb] and the
+    artifact store's credentials (a remote store's, for the recipe's s3fs; none for a folder)."""
+    env: dict[str, str] = {}
+    if wandb is not None and wandb.api_key is not None:
+        env["WANDB_API_KEY"] = wandb.api_key.get_secret_value()
+    if store is not None:
+        env.update(store.job_secret_env())
+    return env
+
+
+def job_target(
+    job: JobConfig,
+    *,
+    store: ArtifactStore | None,
+    wandb: WandbConfig | None,
+    detached: bool,
+    reveal_secrets: bool = True,
+    secrets_file: str | None = None,
+) -> ExecutionTarget:
+    """How a stage's job is launched, its env and secrets included: the same for an attached run,
+    a detached one (`--batch`) and the dry-run of either, which differ only in `detached`.
+
+    Without `reveal_secrets` (planning) the secret env vars keep their names and lose their
+    values here, before any executor is built.
+    """
+    secrets = job_secret_env(store, wandb)
+    if not reveal_secrets:
+        secrets = dict.fromkeys(secrets, REDACTED)
+    return ExecutionTarget(
+        job.profile,
+        detached=detached,
+        launcher=launcher_for(job),
+        reveal_secrets=reveal_secrets,
+        **({"secrets_file": secrets_file} if secrets_file else {}),
+        extra_secret_env=tuple(sorted(secrets.items())),
+        profile_name=job.profile_name,
+    )
 
 
 @dataclass(frozen=True)
@@ -116,15 +163,19 @@ def _submission_text(request: Any) -> str:
     return repr(request)
 
 
-def plan_submission(job: JobConfig, *, detached: bool) -> SubmissionPlan:
-    """Dry-run the stage's job through NeMo-Run and capture what it would send."""
+def plan_submission(
+    job: JobConfig, *, detached: bool, store: ArtifactStore | None = None, wandb: WandbConfig | None = None
+) -> SubmissionPlan:
+    """Dry-run the stage's job through NeMo-Run and capture what it would send.
+
+    Given the run's store and [wandb], the plan names the secret env vars they add to the job
+    (the store's credentials, the W&B key), as a submission sends them; never their values.
+    """
     from tasks.nemo_run_import import import_nemo_run
 
     run = import_nemo_run()
 
-    target = ExecutionTarget(
-        job.profile, detached=detached, launcher=launcher_for(job), reveal_secrets=False, profile_name=job.profile_name
-    )
+    target = job_target(job, store=store, wandb=wandb, detached=detached, reveal_secrets=False)
     executor = build_executor(target)
     view = describe(executor)
     # Packaging is not part of the submission text, and NeMo-Run's dry-run would really do it
@@ -138,7 +189,8 @@ def plan_submission(job: JobConfig, *, detached: bool) -> SubmissionPlan:
             exp.dryrun(log=False, delete_exp_dir=True)
             text = _submission_text(exp.jobs[0]._dryrun_info.request)  # NeMo-Run keeps it private
             text = text.replace(exp._id, "<experiment-id>").replace(home, "$NEMORUN_HOME")
-    text = redact(text, job.profile.secrets())
+    added = job_secret_env(store, wandb)  # only their names reached the planner; this guards against leaks
+    text = redact(text, job.profile.secrets() + [added[name] for name in SECRET_ENV_NAMES if name in added])
     return SubmissionPlan(job=job, detached=detached, submission=text, executor=view)
 
 
@@ -157,6 +209,8 @@ def render_plan(plan: SubmissionPlan) -> str:
         yaml.safe_dump(header, sort_keys=False).rstrip(),
         f"--- recipe config ({config_path_in_job(plan.job)})",
         plan.job.recipe_yaml().rstrip(),
+        "--- where the job's settings come from",
+        render_field_sources(plan.job),
         "--- executor",
         yaml.safe_dump(plan.executor, sort_keys=False).rstrip(),
         "--- submission",
@@ -165,6 +219,44 @@ def render_plan(plan: SubmissionPlan) -> str:
     text = "\n".join(parts) + "\n"
     # The recipe config may pull secrets from the environment (${oc.env:...}); the profile holds others.
     return redact(text, plan.job.profile.secrets() + [os.environ.get(n, "") for n in SECRET_ENV_NAMES])
+
+
+def _field_value(profile: Any, key: str) -> Any:
+    top, _, sub = key.partition(".")
+    if top == "env_vars" and sub:
+        return REDACTED if sub in profile.secret_env() else profile.env_vars.get(sub)
+    value = getattr(profile, top, None)
+    if isinstance(value, dict) and sub:
+        value = value.get(sub)
+    if hasattr(value, "get_secret_value"):
+        return REDACTED
+    return value
+
+
+def render_field_sources(job: JobConfig) -> str:
+    """One line per executor field the job sets: its value and who set it (the recipe's run.env,
+    a profile section of the extends chain, the command line), then what was assumed."""
+    rows = []
+    for key, source in job.field_sources:
+        if key == "executor" or key == "env_vars":  # env_vars are listed entry by entry
+            continue
+        value = _field_value(job.profile, key)
+        if isinstance(value, dict) and value:
+            continue  # a table's entries have their own lines
+        rows.append((key, value, source))
+    assumed = getattr(job.profile, "assumed", None)
+    for key, value, why in assumed() if callable(assumed) else ():
+        rows.append((key, value, f"assumed: {why}"))
+    if not rows:
+        return "(all defaults)"
+    from pydantic_core import to_jsonable_python
+
+    shown = [
+        (key, yaml.safe_dump(to_jsonable_python(value, by_alias=True), default_flow_style=True, width=1000).strip().removesuffix("...").strip(), source)
+        for key, value, source in rows
+    ]
+    width = max(len(f"{key}: {value}") for key, value, _ in shown)
+    return "\n".join(f"{f'{key}: {value}':<{width}}  # {source}" for key, value, source in shown)
 
 
 def redact(text: str, secrets: list[str]) -> str:

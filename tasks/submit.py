@@ -24,11 +24,12 @@ from typing import Any
 
 from blocks.executors import ExecutionTarget, build_executor, slurm_secrets_path
 from blocks.profiles import LeptonProfile, LocalProfile, SlurmProfile
+from blocks.settings import WandbConfig
 from recipes.nano3.runtime import ORCHESTRATOR_PID_VAR
 from tasks.artifacts import ArtifactStore, SubmissionRecord, _now
 from tasks.job_config import JobConfig
 from tasks.nemo_run_import import import_nemo_run
-from tasks.submission import launcher_for, recipe_task
+from tasks.submission import job_target, recipe_task
 
 ACTIVE = {"SUBMITTED", "PENDING", "RUNNING", "UNKNOWN_ACTIVE"}
 #: How often the job's state and log are read: a job's end is noticed half of this later on
@@ -284,12 +285,15 @@ def submit_and_wait(
     cache_key: str,
     work_dir: str,
     store: ArtifactStore,
+    wandb: WandbConfig | None,
     detached: bool,
     on_line: Callable[[str], None],
-    extra_secret_env: dict[str, str] | None = None,
 ) -> JobOutcome:
-    """Re-attach to the job computing `cache_key` if one is running, else submit one; then wait.
+    """Re-attach to the job computing `cache_key` if one is running, else submit one; then wait,
+    unless `detached`.
 
+    The job's secret env vars (the profile's, the W&B key of `wandb`, the store's credentials) are
+    assembled here, by tasks.submission.job_target, the same way for both modes and the dry-run.
     The record is written right after submission and before waiting: a crash while waiting
     leaves a rerun able to find the job.
     """
@@ -298,19 +302,16 @@ def submit_and_wait(
     previous = store.read_record(cache_key)
     exp = _reattach(previous, job) if previous else None
     if exp is not None:
+        if detached:
+            state, job_id, _ = _state(exp)
+            return JobOutcome(state, exp._id, job_id, True, [])
         return _wait(exp, on_line, reattached=True)
 
-    extra_secret_env = extra_secret_env or {}
     config_file = Path(work_dir) / "config.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(resolved_config)
-    target = ExecutionTarget(
-        job.profile,
-        detached=detached,
-        launcher=launcher_for(job),
-        secrets_file=f".nano3-secrets/{uuid.uuid4().hex}.env",
-        extra_secret_env=tuple(sorted(extra_secret_env.items())),
-        profile_name=job.profile_name,
+    target = job_target(
+        job, store=store, wandb=wandb, detached=detached, secrets_file=f".nano3-secrets/{uuid.uuid4().hex}.env"
     )
     if isinstance(job.profile, LocalProfile):
         _prepare_local_environment(target.secret_env())

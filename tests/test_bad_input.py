@@ -59,9 +59,9 @@ CASES = [
     ),
     (
         "missing-required",
-        '[cluster]\nexecutor = "slurm"\npartition = "batch"\n',
-        ["-r", "cluster", "-d"],
-        ["env.toml", "[cluster]", "account", "required"],
+        '[box]\nexecutor = "docker"\ngpus_per_node = 1\n',
+        ["-r", "box", "-d"],
+        ["env.toml", "[box]", "container_image", "required"],
     ),
     (
         "unset-env-var",

@@ -6,6 +6,7 @@ tests/golden/ like a diff of code: it is what would be sent to the cluster.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,22 @@ node_group = "team-nodes"
 mounts = [{ path = "/shared", mount_path = "/shared", from = "node-nfs:team" }]
 token = "LEPTON_GOLDEN_SECRET"
 env_vars = { HF_HOME = "/shared/hf" }
+
+# Where to connect and nothing about the job's size or image: each stage's recipe says those.
+[dgxcloud-open]
+executor = "dgxcloud"
+base_url = "https://dgx.example.com/api/v1"
+app_id = "CLIENT-ID"
+app_secret = "DGX_GOLDEN_SECRET"
+project_name = "nano3"
+pvc_nemo_run_dir = "/pvc/nemo_run"
+pvcs = [{ claimName = "team-pvc", path = "/pvc", readOnly = false }]
+
+[lepton-open]
+executor = "lepton"
+nemo_run_dir = "/nemo_run"
+node_group = "team-nodes"
+token = "LEPTON_GOLDEN_SECRET"
 """
 
 SECRETS = ("hf_GOLDEN_SECRET", "PASSPHRASE_GOLDEN", "wandb_GOLDEN_SECRET", "DGX_GOLDEN_SECRET", "LEPTON_GOLDEN_SECRET")
@@ -164,9 +181,13 @@ def test_default_config_resources_reach_the_executor(isolated: Path) -> None:
     # ...and the profile wins where it speaks; an override wins over both.
     text = plan_text(isolated, "pretrain", run="cluster-gpu", config="default", overrides=("run.env.nodes=3",))
     assert "#SBATCH --nodes=3" in text
-    # A single-process stage on the same GPU profile runs once per node, not once per GPU.
+    text = plan_text(isolated, "pretrain", run="cluster-gpu", config="default")
+    assert "#SBATCH --nodes=2" in text and re.search(r"^nodes: 2 +# profile \[cluster-gpu\]$", text, re.M)
+    # A single-process stage on the same GPU profile runs once per node, not once per GPU; the
+    # profile's node count is the profile's (the seeds' order), and the plan says so.
     text = plan_text(isolated, "convert", run="cluster-gpu", config="default")
-    assert "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --nodes=1" in text
+    assert "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --nodes=2" in text
+    assert re.search(r"^gpus_per_node: 8 +# profile \[cluster-gpu\]$", text, re.M)
 
 
 @pytest.mark.parametrize("profile", ["docker", "dgxcloud", "lepton"])

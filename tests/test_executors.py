@@ -96,7 +96,7 @@ def test_packagers(fields: dict, expected: str) -> None:
 def test_pattern_packager_needs_a_pattern() -> None:
     with pytest.raises(ConfigError) as info:
         profile(executor="slurm", account="a", packager="pattern")
-    assert (info.value.file, info.value.section, info.value.key) == ("env.toml", "p", "include_pattern")
+    assert (info.value.file, info.value.section, info.value.key) == ("env.toml", "p", "packager_include_pattern")
 
 
 @pytest.mark.parametrize(("executor", "module"), [("skypilot", "sky"), ("kuberay", "kubernetes")])

@@ -35,13 +35,43 @@ def test_recipe_run_env_fills_what_the_profile_leaves_open() -> None:
     assert j.profile.container_image == "nvcr.io/nvidia/nemo:25.11.nemotron_3_nano"
 
 
-def test_profile_wins_except_where_the_recipe_owns_the_key() -> None:
-    j = job({"executor": "slurm", "account": "a", "nodes": 1, "time": "00:30:00", "container_image": "mine.sqsh"})
-    # The recipe needs 2 nodes and its image; the profile's time limit stands.
-    assert (j.profile.nodes, j.profile.container_image, j.profile.time) == (2, "nvcr.io/nvidia/nemo:25.11.nemotron_3_nano", "00:30:00")
-    # Where the recipe says nothing (tiny sets no image or GPUs), the profile fills in.
-    tiny = job({"executor": "slurm", "account": "a", "gpus_per_node": 8, "container_image": "mine.sqsh"}, config="tiny")
-    assert (tiny.profile.gpus_per_node, tiny.profile.container_image, tiny.profile.nodes) == (8, "mine.sqsh", 1)
+def test_the_profile_overlays_the_recipe_run_env() -> None:
+    j = job({"executor": "slurm", "account": "a", "nodes": 8, "time": "00:30:00", "container_image": "mine.sqsh"})
+    # The seeds' order: what the profile sets wins; the recipe's run.env only fills the gaps.
+    assert (j.profile.nodes, j.profile.container_image, j.profile.time) == (8, "mine.sqsh", "00:30:00")
+    assert j.profile.gpus_per_node == 8  # the profile is silent: default.yaml's run.env
+    sources = dict(j.field_sources)
+    assert sources["nodes"] == "profile [p]"
+    assert sources["gpus_per_node"] == "recipe recipes/nano3/pretrain/config/default.yaml run.env"
+    # The recipe's older spelling (`container`) cannot beat the profile's `container_image` either.
+    tiny = job({"executor": "local", "ntasks_per_node": 2}, config="tiny")
+    assert tiny.profile.nproc_per_node == 2
+
+
+def test_where_each_field_comes_from_follows_the_extends_chain(isolated: Path) -> None:
+    write_env(
+        isolated,
+        "[cluster]\nexecutor = 'slurm'\naccount = 'acct'\nenv_vars = { A = '1' }\n"
+        "[pretrain]\nextends = 'cluster'\nnodes = 2\ngpus_per_node = 8\n"
+        "[pretrain-large]\nextends = 'pretrain'\nnodes = 8\n",
+    )
+    context = resolve_context(RunOptions(config="default", run="pretrain-large", overrides=("run.env.time=01:00:00",)))
+    [j] = stage_jobs(context, [STAGES_BY_ID["pretrain"]])
+    assert (j.profile.nodes, j.profile.gpus_per_node, j.profile.time) == (8, 8, "01:00:00")
+    sources = dict(j.field_sources)
+    assert sources["nodes"] == "profile [pretrain-large]"
+    assert sources["gpus_per_node"] == "profile [pretrain-large], inherited from [pretrain]"
+    assert sources["account"] == sources["env_vars.A"] == "profile [pretrain-large], inherited from [cluster]"
+    assert sources["time"] == "command line run.env.time"
+    assert sources["container_image"] == "recipe recipes/nano3/pretrain/config/default.yaml run.env"
+
+
+def test_a_recipe_image_under_the_older_name_gives_way_to_the_profile(isolated: Path) -> None:
+    config = isolated / "custom.yaml"
+    config.write_text("run:\n  env:\n    container: recipe.sqsh\n    nodes: 2\ntrain: {iters: 1}\n")
+    j = job({"executor": "slurm", "account": "a", "container_image": "profile.sqsh"}, config=str(config))
+    assert (j.profile.container_image, j.profile.nodes) == ("profile.sqsh", 2)
+    assert dict(j.field_sources)["nodes"].startswith("recipe ")
 
 
 def test_overrides_win_over_everything() -> None:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,9 +126,9 @@ def test_an_unknown_backend_names_the_ones_there_are(isolated: Path) -> None:
 @pytest.mark.parametrize("executor", list(EXECUTORS))
 @pytest.mark.parametrize("stage", list(DEFAULT_RESOURCES))
 def test_recipe_resources_reach_every_executor(isolated: Path, stage: str, executor: str) -> None:
-    """The profiles say nodes=2 or nothing; the recipe's nodes and GPUs win, image included."""
+    """Profiles silent on size and image: the recipe's nodes, GPUs and image reach every executor."""
     image, nodes, gpus = DEFAULT_RESOURCES[stage]
-    profile = {"slurm": "plain", "dgxcloud": "dgxcloud", "lepton": "lepton"}[executor]
+    profile = {"slurm": "plain", "dgxcloud": "dgxcloud-open", "lepton": "lepton-open"}[executor]
     text = plan_text(isolated, stage, run=profile, config="default")
     if executor == "slurm":
         assert f"#SBATCH --nodes={nodes}\n" in text and f"#SBATCH --gpus-per-node={gpus}\n" in text
@@ -137,6 +138,17 @@ def test_recipe_resources_reach_every_executor(isolated: Path, stage: str, execu
         assert f"\ncontainer_image: {image}\n" in text
     if stage == "rl":
         assert f"recipes/nano3/ray_cluster.py --nodes {nodes} " in text
+    assert re.search(rf"^nodes: {nodes} +# recipe recipes/nano3/.*/default.yaml run.env$", text, re.M)
+
+
+def test_a_profile_that_sets_the_size_and_image_wins_over_the_recipe(isolated: Path) -> None:
+    """The seeds' order: the profile overlays the recipe's run.env; the command line wins over both."""
+    text = plan_text(isolated, "rl", run="cluster-container", config="default")  # rl's own image is nemo-rl
+    assert "#SBATCH --nodes=2\n" in text and "--container-image nvcr.io/nvidia/nemo:25.11.nemotron_3_nano " in text
+    text = plan_text(isolated, "rl", run="cluster-container", config="default",
+                     overrides=("run.env.nodes=4", "run.env.container_image=rl.sqsh"))
+    assert "#SBATCH --nodes=4\n" in text and "--container-image rl.sqsh " in text
+    assert "recipes/nano3/ray_cluster.py --nodes 4 " in text
 
 
 def test_secrets_are_redacted_in_every_plan(isolated: Path) -> None:
@@ -186,7 +198,7 @@ def test_the_export_command_says_which_container_it_needs(isolated: Path) -> Non
 
 def test_the_whole_default_pipeline_plan_as_a_user(isolated: Path) -> None:
     write_env(isolated, ENV_TOML)
-    result = run_cli(["-c", "default", "-r", "cluster-container", "-d"], isolated)
+    result = run_cli(["-c", "default", "-r", "plain", "-d"], isolated)  # no image: each stage's own
     assert result.code == 0, result.stderr
     banners = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("=== ")]
     assert banners == [s.id for s in STAGES]

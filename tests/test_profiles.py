@@ -70,7 +70,7 @@ def test_lepton_mounts_are_typed() -> None:
 @pytest.mark.parametrize(
     ("data", "key", "text"),
     [
-        ({"executor": "slurm", "account": "a", "tunnel": "ssh", "host": "h", "user": "u"}, "remote_job_dir", "tunnel = 'ssh'"),
+        ({"executor": "slurm", "tunnel": "ssh", "user": "u"}, "host", "tunnel = 'ssh'"),
         ({"executor": "slurm", "account": "a", "nodes": 0}, "nodes", "greater than or equal to 1"),
         ({"executor": "local", "packager": "zip"}, "packager", "git"),
         (

@@ -87,11 +87,16 @@ def scan(folder: Path, *texts: str) -> list[str]:
     return hits
 
 
+#: The cluster job's secret env vars, named in its plan as a submission sends them: the profile's,
+#: the [artifacts] store's credentials and the [wandb] key.
+SLURM_LOADS = "loads: AWS_ACCESS_KEY_ID AWS_ENDPOINT_URL AWS_SECRET_ACCESS_KEY HF_TOKEN WANDB_API_KEY"
+
+
 @pytest.mark.parametrize(
     ("args", "redacted"),
     [
-        (["-r", "cluster", "-d"], "loads: HF_TOKEN"),
-        (["--batch", "cluster", "--dry-run"], "loads: HF_TOKEN"),
+        (["-r", "cluster", "-d"], SLURM_LOADS),
+        (["--batch", "cluster", "--dry-run"], SLURM_LOADS),
         (["-r", "dgx", "-d", "--stages", "pretrain"], "client_secret: '********'"),
         (["-b", "lepton", "-d", "--stages", "sft"], "MY_SECRET: '********'"),
         (["-r", "docker", "-d", "--stages", "eval"], "API_KEY: '********'"),
@@ -120,7 +125,7 @@ def test_full_plan_has_every_stage_and_the_right_partitions(isolated: Path) -> N
             assert f"recipes/nano3/{stage.folder}/{stage.script}" in result.stdout
     assert attached.stdout.count("#SBATCH --partition=interactive") == len(STAGES)
     assert detached.stdout.count("#SBATCH --partition=backfill") == len(STAGES)
-    assert "loads: HF_TOKEN" in attached.stdout
+    assert SLURM_LOADS in attached.stdout and SLURM_LOADS in detached.stdout
 
 
 def test_profiles_show_redacts(isolated: Path) -> None:

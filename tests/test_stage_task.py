@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,45 @@ def test_run_publishes_then_rerun_is_cached(store: ArtifactStore) -> None:
     assert records(store) == submissions, "a cached rerun submits nothing"
 
 
+def task_run_states(flow_state) -> dict[str, str]:  # noqa: ANN001 - a flow run's State
+    """Each stage's task run state, as the Prefect server holds it (what the UI shows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+    deadline = time.monotonic() + 30  # task run states may reach the server after the flow returns
+    while True:
+        with get_client(sync_client=True) as client:
+            states = {run.name: run.state.name for run in client.read_task_runs(flow_run_filter=flow_run) if run.state}
+        if (len(states) == 2 and "Running" not in states.values()) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
+
+
+def test_prefect_records_the_first_run_and_shows_a_rerun_as_cached(store: ArtifactStore) -> None:
+    first = toy_flow(jobs(), store, return_state=True)
+    assert [r.status for r in first.result()] == ["ran", "ran"]
+    assert task_run_states(first) == {"toy/produce": "Completed", "toy/consume": "Completed"}
+
+    second = toy_flow(jobs(), store, return_state=True)
+    assert [r.status for r in second.result()] == ["cached", "cached"]
+    assert task_run_states(second) == {"toy/produce": "Cached", "toy/consume": "Cached"}
+
+    # Prefect still holds the producer's result, but its output is gone: it is not cached.
+    numbers = second.result()[0].artifact
+    shutil.rmtree(numbers.uri)
+    third = toy_flow(jobs(), store, return_state=True)
+    assert [r.status for r in third.result()] == ["ran", "cached"]
+    assert task_run_states(third) == {"toy/produce": "Completed", "toy/consume": "Cached"}
+    assert store.read_manifest(numbers.uri) is not None
+    journal = Path(store.root, "_work", "toy-produce", numbers.cache_key, "jobs.jsonl")
+    assert len(journal.read_text().splitlines()) == 2, "the producer's job ran again"
+
+    # ... and its new result replaced Prefect's record: the next run is Cached again.
+    fourth = toy_flow(jobs(), store, return_state=True)
+    assert task_run_states(fourth) == {"toy/produce": "Cached", "toy/consume": "Cached"}
+
+
 def test_changing_a_downstream_override_reruns_only_downstream(store: ArtifactStore) -> None:
     toy_flow(jobs(), store)
     again = toy_flow(jobs("factor=3"), store)
@@ -109,7 +149,7 @@ def test_a_local_job_s_last_lines_all_arrive(store: ArtifactStore, monkeypatch: 
     prepared = prepare_stage(job, store, {})
     lines: list[str] = []
     outcome = submit_and_wait(job, resolved_config=prepared.resolved_yaml, cache_key=prepared.cache_key,
-                              work_dir=prepared.work_url, store=store, detached=False, on_line=lines.append)
+                              work_dir=prepared.work_url, store=store, wandb=None, detached=False, on_line=lines.append)
     assert outcome.succeeded
     assert [line for line in lines if line.startswith("chatter ")] == [f"chatter {i}" for i in range(3000)]
     assert lines[-1].startswith("manifest: ")

@@ -1,9 +1,10 @@
 """Artifacts on S3, stages on Slurm: the store is an `s3://` URL on the local S3 server.
 
 The toy stages, then the real tiny pipeline's first four stages (data prep → pretrain → SFT), run
-as Slurm jobs through the project's slurm profile. The store's credentials come from the
-ArtifactStore block or the [artifacts] settings only (never from this process's environment),
-reach the jobs as secret env, and must appear in no file the run leaves behind nor in its logs.
+as Slurm jobs through the project's slurm profile, attached and detached (`--batch`). The store's
+credentials come from the ArtifactStore block or the [artifacts] settings only (never from this
+process's environment), reach the jobs as secret env, and must appear in no file the run leaves
+behind nor in its logs.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import pytest
 from prefect import flow
 from pydantic import SecretStr
 
-from blocks.settings import ArtifactsConfig
+from blocks.settings import ArtifactsConfig, WandbConfig
 from recipes.nano3 import runtime
 from recipes.nano3.manifest import InputRef
 from tasks.artifacts import ArtifactError, ArtifactStore, open_store
 from tasks.job_config import JobConfig
 from tasks.stages import STAGES_BY_ID
+from tests.infra.slurm_commands import sacct_row
 from tests.infra.slurm_stages import CONSUME, PRODUCE, slurm_job, slurm_profile
 
 #: The tiny pipeline's first stages, sized for a few minutes on 2 CPU cores.
@@ -163,6 +165,68 @@ def test_toy_stages_publish_to_s3_from_slurm(cluster, settings: ArtifactsConfig,
     with pytest.raises(SystemExit, match="file numbers.jsonl does not match its manifest"):
         runtime.fetch_input("data", ref)
     assert not (isolated / "fresh-scratch" / "inputs" / produced.digest.removeprefix("sha256:")).exists()
+
+
+def batch_flow(jobs: list[JobConfig], settings: ArtifactsConfig, wandb: WandbConfig) -> list:
+    """One `--batch` pass (flows.detached.submit_jobs) in a flow that opens its store inside, as
+    the submit flow does: submits what can start and returns without waiting."""
+    from flows.detached import submit_jobs
+
+    @flow
+    def s3_batch(jobs: list[JobConfig]) -> list:
+        return submit_jobs(jobs, open_store(settings), wandb)
+
+    return s3_batch(jobs)
+
+
+@pytest.mark.timeout(900)
+def test_batch_jobs_on_slurm_get_the_store_s_credentials(cluster, settings: ArtifactsConfig, s3_server,  # noqa: ANN001
+                                                         isolated: Path) -> None:
+    # The user has no S3 credentials (s3_user): a detached job that writes to the store can only
+    # have them from the secret env its submission sent.
+    wandb = WandbConfig(mode="disabled", api_key=SecretStr(f"wandb-{uuid.uuid4().hex}"))
+    jobs = [slurm_job(PRODUCE, job_dir(isolated)), slurm_job(CONSUME, job_dir(isolated))]
+    store = open_store(settings)
+    ended = {"State": "COMPLETED", "ExitCode": "0:0"}
+
+    first = batch_flow(jobs, settings, wandb)
+    assert [s.status for s in first] == ["submitted", "waiting"]
+    assert first[1].detail == f"needs {PRODUCE.artifact} from {PRODUCE.id}"
+    assert sacct_row(cluster, first[0].job_id, timeout=300) == ended
+
+    # Again once the job ended: the producer is published from S3, the consumer submitted.
+    second = batch_flow(jobs, settings, wandb)
+    assert [s.status for s in second] == ["done", "submitted"]
+    assert second[0].detail == f"{PRODUCE.artifact}:v1"
+    assert sacct_row(cluster, second[1].job_id, timeout=300) == ended
+    third = batch_flow(jobs, settings, wandb)
+    assert [(s.status, s.detail) for s in third] == [("done", f"{PRODUCE.artifact}:v1"), ("done", f"{CONSUME.artifact}:v1")]
+
+    for name in (PRODUCE.artifact, CONSUME.artifact):
+        version = store.resolve(f"{name}:latest")
+        assert version.version == "v1" and version.uri.startswith(f"{settings.root}/")
+        manifest = store.read_manifest(version.uri)
+        assert manifest is not None and manifest.digest == version.digest
+        store.verify(name, version.uri, manifest)
+        submission = store.read_record(version.cache_key)
+        assert submission is not None and submission.executor == "slurm" and submission.job_id
+    assert store.resolve(f"{CONSUME.artifact}:latest").metrics == {"total": 6}  # read the producer's output from S3
+
+    # The sbatch scripts name what the jobs were sent; the secrets files they sourced are gone.
+    scripts = [path.read_text() for path in job_dir(isolated).rglob("*.sh") if "#SBATCH" in path.read_text()]
+    assert len(scripts) == 2
+    names = "AWS_ACCESS_KEY_ID AWS_ENDPOINT_URL AWS_SECRET_ACCESS_KEY WANDB_API_KEY"
+    assert all(f"# loads: {names}" in script for script in scripts)
+    assert not list(job_dir(isolated).rglob(".nano3-secrets/*.env"))
+    # No secret value in any file written: job folders, sbatch scripts, NeMo-Run's home, the
+    # scratch, the cluster's state and logs, the store, Prefect's logs.
+    assert list((isolated / "nemorun").rglob("log-*.out")), "the jobs left Slurm logs"
+    text = prefect_logs()
+    assert "submitting detached through slurm" in text
+    for secret in (s3_server.secret_key, wandb.api_key.get_secret_value()):
+        assert not files_holding(secret, isolated, Path(cluster.dir))
+        assert not [path for path, data in bucket_files(store).items() if secret.encode() in data]
+        assert secret not in text
 
 
 @pytest.mark.timeout(1200)
