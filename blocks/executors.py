@@ -11,6 +11,9 @@ import dataclasses
 import importlib.util
 import os
 import shlex
+import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 import recipes
+from recipes.nano3.runtime import ORCHESTRATOR_PID_VAR
 
 from blocks.errors import ConfigError
 from blocks.profiles import (
@@ -424,3 +428,120 @@ def describe(obj: Any) -> Any:
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return repr(obj)
+
+
+# --- What a submission needs before NeMo-Run talks to the scheduler, per executor -------------
+
+
+def _prepare_local(executor: Any, target: ExecutionTarget) -> None:
+    """Local jobs inherit this process's environment.
+
+    - They run `python` and `torchrun` from PATH: make those this environment's, which has the
+      recipes' libraries, even when the user did not activate it.
+    - They watch this process (recipes.nano3.runtime.watch_orchestrator) and stop when it dies.
+    - They get their secret env vars from it: NeMo-Run would write an executor's env_vars into
+      its experiment folder in clear.
+    """
+    os.environ.update(target.secret_env())
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, path])
+    os.environ[ORCHESTRATOR_PID_VAR] = str(os.getpid())
+
+
+def _prepare_slurm(executor: Any, target: ExecutionTarget) -> None:
+    """- SSH with a passphrase-protected key: open the session ourselves, so NeMo-Run finds it
+      connected and never prompts.
+    - Secret env vars go to a 0600 file in the job folder that the sbatch script sources and
+      deletes; the script itself never holds them.
+    """
+    profile: SlurmProfile = target.profile  # type: ignore[assignment]
+    tunnel = executor.tunnel
+    if profile.tunnel == "ssh" and profile.identity_passphrase is not None:
+        from fabric import Connection
+
+        tunnel.session = Connection(
+            profile.host,
+            user=tunnel.user,
+            port=profile.port,
+            connect_kwargs={
+                "key_filename": [tunnel.identity] if tunnel.identity else [],
+                "passphrase": profile.identity_passphrase.get_secret_value(),
+            },
+        )
+        tunnel.session.open()
+    secrets = target.secret_env()
+    if secrets:
+        _ship_secrets(tunnel, slurm_secrets_path(tunnel.job_dir, target), secrets, remote=profile.tunnel == "ssh")
+
+
+def _ship_secrets(tunnel: Any, path: str, secrets: dict[str, str], *, remote: bool) -> None:
+    text = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in sorted(secrets.items()))
+    with tempfile.NamedTemporaryFile("w", delete=False, prefix="nano3-secrets-") as handle:
+        os.chmod(handle.name, 0o600)
+        handle.write(text)
+    try:
+        if remote:
+            tunnel.run(f"mkdir -p {shlex.quote(os.path.dirname(path))} && chmod 700 {shlex.quote(os.path.dirname(path))}")
+            tunnel.put(handle.name, path)
+            tunnel.run(f"chmod 600 {shlex.quote(path)}")
+        else:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            os.replace(handle.name, path)
+            os.chmod(path, 0o600)
+    finally:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+
+
+def _prepare_lepton(executor: Any, target: ExecutionTarget) -> None:
+    """The workspace credentials of the profile, for the Lepton client of this process."""
+    profile: LeptonProfile = target.profile  # type: ignore[assignment]
+    for name, value in (
+        ("LEPTON_WORKSPACE_ID", profile.workspace_id),
+        ("LEPTON_WORKSPACE_URL", profile.workspace_url),
+        ("LEPTON_WORKSPACE_TOKEN", profile.token.get_secret_value() if profile.token else None),
+    ):
+        if value:
+            os.environ[name] = value
+
+
+#: executor kind → what to do between building the executor and submitting through it.
+PREPARERS: dict[str, Callable[[Any, ExecutionTarget], None]] = {
+    "local": _prepare_local,
+    "slurm": _prepare_slurm,
+    "lepton": _prepare_lepton,
+}
+
+
+def prepare_submission(executor: Any, target: ExecutionTarget) -> None:
+    """Credentials, secrets and environment a submission needs, the executor's own way."""
+    preparer = PREPARERS.get(target.profile.executor)
+    if preparer is not None:
+        preparer(executor, target)
+
+
+def _slurm_end_state(exp: Any, job_id: str) -> str | None:
+    tunnel = getattr(exp.jobs[0].executor, "tunnel", None) if exp.jobs else None
+    if tunnel is None:
+        return None
+    for _ in range(5):  # right after a job ends, sacct may not list it for a second or two
+        result = tunnel.run(f"sacct --noheader --parsable2 -X --format=State -j {shlex.quote(job_id)}", warn=True, in_stream=False)
+        words = (result.stdout or "").split()
+        if words:
+            return words[0]
+        time.sleep(1)
+    return None
+
+
+#: executor kind → the scheduler's own word for how a job ended, where NeMo-Run folds it away.
+END_STATES: dict[str, Callable[[Any, str], str | None]] = {"slurm": _slurm_end_state}
+
+
+def scheduler_end_state(profile: _Profile, exp: Any, job_id: str | None) -> str | None:
+    """How the scheduler says the job ended (Slurm: TIMEOUT, PREEMPTED, NODE_FAIL…), which
+    NeMo-Run reports as FAILED: a job stopped by its time limit made progress and is
+    resubmitted, not retried. None where the executor has no finer word."""
+    reader = END_STATES.get(profile.executor)
+    return reader(exp, job_id) if reader is not None and job_id else None

@@ -98,6 +98,11 @@ class _Profile(BaseModel):
     kind: ClassVar[str]
     #: Whether a job on this executor needs a container image (the profile's or the recipe's).
     needs_image: ClassVar[bool] = False
+    #: Whether its jobs go on after the command that submitted them ends (a scheduler's do; this
+    #: machine's are children of the command): detached runs, re-attaching and cancelling need it.
+    job_outlives_submitter: ClassVar[bool] = True
+    #: Whether its jobs run this checkout's code where it is, instead of a packaged copy.
+    code_in_place: ClassVar[bool] = False
 
     @model_validator(mode="before")
     @classmethod
@@ -211,6 +216,8 @@ class LocalProfile(_Profile):
     """This machine. torchrun starts `nproc_per_node` processes when it is above 1."""
 
     kind: ClassVar[str] = "local"
+    job_outlives_submitter: ClassVar[bool] = False
+    code_in_place: ClassVar[bool] = True
     executor: Literal["local"] = "local"
     packager: PackagerKind = "none"
     nproc_per_node: int = Field(1, ge=1, validation_alias=AliasChoices("nproc_per_node", "ntasks_per_node"))

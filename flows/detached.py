@@ -14,9 +14,8 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from blocks.errors import ConfigError
-from blocks.profiles import LocalProfile
 from blocks.settings import WandbConfig
-from flows.run_options import RunContext, RunOptions, input_refs, resolve_context, stage_jobs
+from flows.run_options import RunContext, RunOptions, input_refs, take_resolved
 from tasks.artifacts import ArtifactStore, ArtifactVersion, open_store
 from tasks.job_config import COMMAND_LINE, JobConfig
 from tasks.stages import STAGES_BY_ID
@@ -32,7 +31,7 @@ class Submission(BaseModel):
 
 def check_detachable(context: RunContext) -> None:
     """A local job is a child of this process (NeMo-Run's local scheduler): it cannot outlive it."""
-    if isinstance(context.profile.profile, LocalProfile):
+    if not context.profile.profile.job_outlives_submitter:
         raise ConfigError(
             f"--batch needs a scheduler that keeps the job after this command ends; profile "
             f"'{context.profile.name}' runs jobs on this machine",
@@ -95,7 +94,9 @@ def submit_jobs(jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig 
 def submit_flow(config: str, batch: str, stages: list[str], overrides: list[str]) -> list[Submission]:
     """The detached counterpart of the nano3 flow: submits and returns."""
     options = RunOptions(config=config, batch=batch, overrides=tuple(overrides))
-    context = resolve_context(options)
+    selected = [STAGES_BY_ID[s] for s in stages]
+    resolved = take_resolved(options, selected)
+    context = resolved.context
     check_detachable(context)
-    jobs = stage_jobs(context, [STAGES_BY_ID[s] for s in stages])
+    jobs = list(resolved.jobs)
     return submit_jobs(jobs, open_store(context.artifacts), context.wandb)

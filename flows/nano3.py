@@ -64,10 +64,10 @@ def stage_flow_name(stages: list[Stage]) -> str:
 
 def print_plan(options: RunOptions, stages: list[Stage]) -> None:
     from tasks.lean_imports import without
-    from flows.run_options import resolve_context, stage_jobs
+    from flows.run_options import resolve_run
 
-    context = resolve_context(options)
-    jobs = stage_jobs(context, stages)
+    resolved = resolve_run(options, stages)
+    context, jobs = resolved.context, resolved.jobs
     with without():
         from tasks.artifacts import open_store
         from tasks.submission import plan_submission, render_plan
@@ -121,15 +121,17 @@ def run_stages(options: RunOptions, stages: list[Stage], flow_name: str = PIPELI
     if options.dry_run:
         print_plan(options, stages)
         return
-    from flows.run_options import check_inputs, resolve_context, stage_jobs
+    from flows.run_options import check_inputs, hand_over, resolve_run
     from tasks.artifacts import open_store
 
-    context = resolve_context(options)
+    resolved = resolve_run(options, stages)
+    context = resolved.context
     if options.detached:
         from flows.detached import check_detachable
 
         check_detachable(context)
-    check_inputs(stage_jobs(context, stages), open_store(context.artifacts))
+    check_inputs(resolved.jobs, open_store(context.artifacts))
+    hand_over(options, stages, resolved)
     exit_on_sigterm()
     if options.detached:
         submit_detached(options, stages, flow_name)

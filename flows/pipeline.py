@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger
 
 from blocks.settings import WandbConfig
 from flows.detached import check_detachable, submit_jobs
-from flows.run_options import RunOptions, resolve_context, stage_jobs
+from flows.run_options import RunOptions, take_resolved
 from tasks.artifacts import ArtifactStore, ArtifactVersion, open_store
 from tasks.job_config import JobConfig
 from tasks.stage_task import StageResult, prepare_stage, run_prepared_stage
@@ -24,9 +24,9 @@ def nano3_pipeline(
     """Data prep → pretrain → SFT → RL → convert → eval, each stage cached by its inputs and config."""
     logger = get_run_logger()
     options = RunOptions(config=config, run=run, batch=batch, overrides=tuple(overrides or ()))
-    context = resolve_context(options)
     selected = [STAGES_BY_ID[s] for s in stages] if stages else list(STAGES)
-    jobs = stage_jobs(context, selected)
+    resolved = take_resolved(options, selected)
+    context, jobs = resolved.context, list(resolved.jobs)
     store = open_store(context.artifacts)
     logger.info(f"profile {context.profile.name} ({context.profile.origin}), config {config}, store {store.root}")
     if options.detached:

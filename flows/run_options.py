@@ -6,7 +6,7 @@ Shared by `python -m flows.nano3` and the `nemotron` CLI so both read a command 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from blocks.env_toml import EnvFile, discover_env_file
@@ -130,10 +130,45 @@ def stage_jobs(context: RunContext, stages: Sequence[Stage]) -> list[JobConfig]:
                 profile_sections=context.profile.sections,
                 overrides=mine,
                 wandb=context.wandb,
+                loaded=loaded[stage.id],
             )
         )
     check_artifact_types(jobs)
     return jobs
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """A command line resolved once: the profile, [wandb], [artifacts] and every stage's job."""
+
+    context: RunContext
+    jobs: tuple[JobConfig, ...]
+
+
+def resolve_run(options: RunOptions, stages: Sequence[Stage]) -> ResolvedRun:
+    context = resolve_context(options)
+    return ResolvedRun(context, tuple(stage_jobs(context, stages)))
+
+
+#: Runs the command resolved (to check inputs before Prefect starts) and hands to the flow it
+#: calls next in this process, so the flow does not resolve them again. Taken once: a later
+#: call with the same options (a served deployment, a second run) resolves afresh and sees
+#: every change to env.toml, the YAMLs and the blocks.
+_HANDED_OVER: dict[tuple[RunOptions, tuple[str, ...]], ResolvedRun] = {}
+
+
+def _handover_key(options: RunOptions, stages: Sequence[Stage]) -> tuple[RunOptions, tuple[str, ...]]:
+    return replace(options, dry_run=False), tuple(stage.id for stage in stages)
+
+
+def hand_over(options: RunOptions, stages: Sequence[Stage], resolved: ResolvedRun) -> None:
+    _HANDED_OVER.clear()
+    _HANDED_OVER[_handover_key(options, stages)] = resolved
+
+
+def take_resolved(options: RunOptions, stages: Sequence[Stage]) -> ResolvedRun:
+    """What the command handed over for exactly these options and stages, else a fresh resolution."""
+    return _HANDED_OVER.pop(_handover_key(options, stages), None) or resolve_run(options, stages)
 
 
 def check_artifact_types(jobs: Sequence[JobConfig]) -> None:
@@ -180,7 +215,7 @@ def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
     """Every input is published or made by an earlier stage of this run, of the type the stage
     consumes, and intact (ArtifactStore.check_input: digests, JSONL records). A bad one stops the
     command here, before Prefect starts a flow or a scheduler gets a job that cannot start."""
-    from flows.commands.nano3 import command_for
+    from flows.commands.options import command_for
     from tasks.artifacts import ArtifactError
     from tasks.stages import STAGES
 

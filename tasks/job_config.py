@@ -281,9 +281,11 @@ def build_job_config(
     profile_sections: Mapping[str, str] | None = None,
     overrides: Sequence[Override] = (),
     wandb: WandbConfig | None = None,
+    loaded: DictConfig | None = None,
 ) -> JobConfig:
+    """`loaded`: the config file's YAML when the caller has read it already (it is read once per run)."""
     config_file = find_config_file(stage, config_name)
-    cfg = load_yaml(config_file)
+    cfg = loaded if loaded is not None else load_yaml(config_file)
     env_overrides = [o for o in overrides if o.key.startswith(ENV_PREFIX)]
     recipe_overrides = [o for o in overrides if not o.key.startswith(ENV_PREFIX)]
     cfg = apply_overrides(cfg, recipe_overrides, file=config_file)

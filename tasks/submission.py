@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from blocks.executors import REDACTED, ExecutionTarget, build_executor, describe
-from blocks.profiles import LocalProfile
 from tasks.job_config import JobConfig
 from tasks.stages import PROJECT_ROOT
 
@@ -43,7 +42,7 @@ MIN_SECRET_LENGTH = 4
 
 def code_dir(job: JobConfig) -> str:
     """The project root as the job sees it: this checkout locally, the unpacked package remotely."""
-    return str(PROJECT_ROOT) if isinstance(job.profile, LocalProfile) else REMOTE_CODE_DIR
+    return str(PROJECT_ROOT) if job.profile.code_in_place else REMOTE_CODE_DIR
 
 
 def config_path_in_job(job: JobConfig) -> str:
@@ -209,6 +208,8 @@ def render_plan(plan: SubmissionPlan) -> str:
         yaml.safe_dump(header, sort_keys=False).rstrip(),
         f"--- recipe config ({config_path_in_job(plan.job)})",
         plan.job.recipe_yaml().rstrip(),
+        "--- code in the cache key (the script and every recipe module it imports)",
+        render_key_sources(plan.job),
         "--- where the job's settings come from",
         render_field_sources(plan.job),
         "--- executor",
@@ -231,6 +232,16 @@ def _field_value(profile: Any, key: str) -> Any:
     if hasattr(value, "get_secret_value"):
         return REDACTED
     return value
+
+
+def render_key_sources(job: JobConfig) -> str:
+    """The files whose change reruns the stage (tasks.cache_key follows the script's imports)."""
+    from tasks.cache_key import stage_sources
+
+    return "\n".join(
+        str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+        for path in stage_sources(job.stage)
+    )
 
 
 def render_field_sources(job: JobConfig) -> str:

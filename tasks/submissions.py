@@ -129,7 +129,9 @@ def job_info(exp: Any) -> JobInfo:
 def is_active(record: SubmissionRecord) -> bool:
     """Whether the job of `record` is still queued or running. Local jobs end with the command
     that started them (NeMo-Run's local scheduler), so they never are afterwards."""
-    if record.executor == "local":
+    from blocks.profiles import PROFILE_TYPES
+
+    if not PROFILE_TYPES[record.executor].job_outlives_submitter:
         return False
     try:
         return job_info(open_experiment(record)).active

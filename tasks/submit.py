@@ -11,10 +11,8 @@ import contextlib
 import io
 import os
 import re
-import shlex
 import signal
 import sys
-import tempfile
 import uuid
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blocks.executors import ExecutionTarget, build_executor, slurm_secrets_path
-from blocks.profiles import LeptonProfile, LocalProfile, SlurmProfile
+from blocks.executors import build_executor, prepare_submission, scheduler_end_state
+from blocks.profiles import _Profile
 from blocks.settings import WandbConfig
-from recipes.nano3.runtime import ORCHESTRATOR_PID_VAR
 from tasks.artifacts import ArtifactStore, SubmissionRecord, _now
 from tasks.job_config import JobConfig
 from tasks.nemo_run_import import import_nemo_run
@@ -156,7 +153,7 @@ def _reattach(record: SubmissionRecord, job: JobConfig) -> Any | None:
     A local job cannot outlive the process that started it (NeMo-Run's local scheduler), and its
     recorded status is not trustworthy afterwards: local submissions are never re-attached.
     """
-    if isinstance(job.profile, LocalProfile):
+    if not job.profile.job_outlives_submitter:
         return None
     run = import_nemo_run()
 
@@ -169,97 +166,7 @@ def _reattach(record: SubmissionRecord, job: JobConfig) -> Any | None:
     return exp if state in ACTIVE else None
 
 
-def _prepare_local_environment(secret_env: dict[str, str]) -> None:
-    """Local jobs inherit this process's environment.
-
-    - They run `python` and `torchrun` from PATH: make those this environment's, which has the
-      recipes' libraries, even when the user did not activate it.
-    - They watch this process (recipes.nano3.runtime.watch_orchestrator) and stop when it dies.
-    - They get their secret env vars from it: NeMo-Run would write an executor's env_vars into
-      its experiment folder in clear.
-    """
-    os.environ.update(secret_env)
-    bin_dir = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH", "")
-    if path.split(os.pathsep)[0] != bin_dir:
-        os.environ["PATH"] = os.pathsep.join([bin_dir, path])
-    os.environ[ORCHESTRATOR_PID_VAR] = str(os.getpid())
-
-
-def _prepare_connection(executor: Any, target: ExecutionTarget) -> None:
-    """What a submission needs before NeMo-Run talks to the cluster: credentials and secrets.
-
-    - SSH with a passphrase-protected key: open the session ourselves, so NeMo-Run finds it
-      connected and never prompts.
-    - Lepton: the workspace credentials of the profile, for the Lepton client of this process.
-    - Slurm: secret env vars go to a 0600 file in the job folder that the sbatch script sources
-      and deletes; the script itself never holds them.
-    """
-    profile = target.profile
-    if isinstance(profile, SlurmProfile):
-        tunnel = executor.tunnel
-        if profile.tunnel == "ssh" and profile.identity_passphrase is not None:
-            from fabric import Connection
-
-            tunnel.session = Connection(
-                profile.host,
-                user=profile.user,
-                port=profile.port,
-                connect_kwargs={
-                    "key_filename": [tunnel.identity] if tunnel.identity else [],
-                    "passphrase": profile.identity_passphrase.get_secret_value(),
-                },
-            )
-            tunnel.session.open()
-        secrets = target.secret_env()
-        if secrets:
-            _ship_secrets(tunnel, slurm_secrets_path(tunnel.job_dir, target), secrets)
-    if isinstance(profile, LeptonProfile):
-        for name, value in (
-            ("LEPTON_WORKSPACE_ID", profile.workspace_id),
-            ("LEPTON_WORKSPACE_URL", profile.workspace_url),
-            ("LEPTON_WORKSPACE_TOKEN", profile.token.get_secret_value() if profile.token else None),
-        ):
-            if value:
-                os.environ[name] = value
-
-
-def _ship_secrets(tunnel: Any, path: str, secrets: dict[str, str]) -> None:
-    text = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in sorted(secrets.items()))
-    with tempfile.NamedTemporaryFile("w", delete=False, prefix="nano3-secrets-") as handle:
-        os.chmod(handle.name, 0o600)
-        handle.write(text)
-    try:
-        if type(tunnel).__name__ == "SSHTunnel":
-            tunnel.run(f"mkdir -p {shlex.quote(os.path.dirname(path))} && chmod 700 {shlex.quote(os.path.dirname(path))}")
-            tunnel.put(handle.name, path)
-            tunnel.run(f"chmod 600 {shlex.quote(path)}")
-        else:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            os.replace(handle.name, path)
-            os.chmod(path, 0o600)
-    finally:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
-
-
-def _slurm_end_state(exp: Any, job_id: str | None) -> str | None:
-    """Slurm's own word for how a job ended (TIMEOUT, PREEMPTED, FAILED…), which NeMo-Run folds
-    into FAILED: a job stopped by its time limit made progress and is resubmitted, not retried."""
-    executor = exp.jobs[0].executor if exp.jobs else None
-    tunnel = getattr(executor, "tunnel", None)
-    if tunnel is None or not job_id or type(executor).__name__ != "SlurmExecutor":
-        return None
-    for _ in range(5):  # right after a job ends, sacct may not list it for a second or two
-        result = tunnel.run(f"sacct --noheader --parsable2 -X --format=State -j {shlex.quote(job_id)}", warn=True, in_stream=False)
-        words = (result.stdout or "").split()
-        if words:
-            return words[0]
-        time.sleep(1)
-    return None
-
-
-def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool, *, local: bool = False) -> JobOutcome:
+def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool, profile: _Profile) -> JobOutcome:
     state, job_id, local_dir = _state(exp)
     tail = LogTail(local_dir, on_line)
     while state in ACTIVE:
@@ -267,13 +174,13 @@ def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool, *, local: 
         tail.poll()
         state, job_id, local_dir = _state(exp)
         tail.folder = Path(local_dir) if local_dir else tail.folder
-    if local:
+    if not profile.job_outlives_submitter:
         # torchx's local scheduler closes the job's combined.log (joining the thread that copies
         # the process's output into it) before it reports an end state: the file is complete.
         tail.poll()
     else:
         tail.drain()
-    if state == "FAILED" and (_slurm_end_state(exp, job_id) or "").startswith(RESUBMITTED_STATES):
+    if state == "FAILED" and (scheduler_end_state(profile, exp, job_id) or "").startswith(RESUBMITTED_STATES):
         state = "TIMEOUT"
     return JobOutcome(state, exp._id, job_id, reattached, tail.last)
 
@@ -305,7 +212,7 @@ def submit_and_wait(
         if detached:
             state, job_id, _ = _state(exp)
             return JobOutcome(state, exp._id, job_id, True, [])
-        return _wait(exp, on_line, reattached=True)
+        return _wait(exp, on_line, reattached=True, profile=job.profile)
 
     config_file = Path(work_dir) / "config.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
@@ -313,10 +220,8 @@ def submit_and_wait(
     target = job_target(
         job, store=store, wandb=wandb, detached=detached, secrets_file=f".nano3-secrets/{uuid.uuid4().hex}.env"
     )
-    if isinstance(job.profile, LocalProfile):
-        _prepare_local_environment(target.secret_env())
     executor = build_executor(target)
-    _prepare_connection(executor, target)
+    prepare_submission(executor, target)
     # NeMo-Run prints banners and hints to stdout; the job's own log lines go through on_line,
     # whose logger prints to the real stdout while we wait.
     real_stdout = sys.stdout
@@ -342,7 +247,7 @@ def submit_and_wait(
             # Waiting inside the block: leaving it makes NeMo-Run wait on local jobs itself.
             try:
                 with contextlib.redirect_stdout(real_stdout):
-                    return _wait(exp, on_line, reattached=False, local=isinstance(job.profile, LocalProfile))
+                    return _wait(exp, on_line, reattached=False, profile=job.profile)
             except BaseException:
                 # Stopped while waiting (a signal, a crash): leave without NeMo-Run waiting for the
                 # job; a local one stops with this process, a scheduler's is re-attached later.

@@ -123,3 +123,25 @@ def test_every_stage_has_both_configs() -> None:
             cfg = OmegaConf.load(stage.config_dir / f"{name}.yaml")
             assert cfg.run.backend in ("hf", "megatron"), f"{stage.id}/{name}: run.backend"
             assert "env" in cfg.run, f"{stage.id}/{name}: run.env"
+
+
+def test_a_run_is_resolved_once_and_handed_to_the_flow_once(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.run_options as run_options
+
+    calls: list[RunOptions] = []
+    real = run_options.resolve_context
+    monkeypatch.setattr(run_options, "resolve_context", lambda options: calls.append(options) or real(options))
+    stages = [STAGES_BY_ID["pretrain"], STAGES_BY_ID["sft"]]
+    options = RunOptions(config="tiny", overrides=("train.train_iters=3",))
+    resolved = run_options.resolve_run(options, stages)  # what the command does to check inputs
+    run_options.hand_over(options, stages, resolved)
+    # The flow, called next with the same plain parameters, takes it instead of resolving again...
+    assert run_options.take_resolved(RunOptions(config="tiny", overrides=("train.train_iters=3",)), stages) is resolved
+    assert len(calls) == 1
+    # ...once: a later run (a served deployment) resolves afresh and sees what changed since.
+    again = run_options.take_resolved(options, stages)
+    assert again is not resolved and len(calls) == 2
+    assert [j.recipe_config.train.train_iters for j in again.jobs] == [3, 3]
+    # Other options or stages never take another run's resolution.
+    run_options.hand_over(options, stages, resolved)
+    assert run_options.take_resolved(options, stages[:1]) is not resolved

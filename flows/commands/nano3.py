@@ -18,6 +18,8 @@ import typer
 
 from flows.commands.errors import set_verbose, user_errors
 from flows.commands.options import (
+    DATA_PREP,
+    command_for,
     OVERRIDES,
     OVERRIDES_HELP,
     BatchOption,
@@ -30,7 +32,6 @@ from flows.commands.options import (
 from tasks.stages import STAGES, Stage
 
 #: Stage ids with this prefix live under `nano3 data prep` (the seeds' command names).
-DATA_PREP = "data_prep/"
 
 nano3_app = typer.Typer(
     no_args_is_help=True,
@@ -41,12 +42,6 @@ data_app = typer.Typer(no_args_is_help=True, help="Data for the nano3 stages.")
 prep_app = typer.Typer(no_args_is_help=True, help="Prepare a stage's data: pretrain, sft or rl.")
 data_app.add_typer(prep_app, name="prep")
 nano3_app.add_typer(data_app, name="data", rich_help_panel="Data")
-
-
-def command_for(stage: Stage) -> str:
-    """The command that runs a stage: data_prep/sft → `nemotron nano3 data prep sft`."""
-    words = ["data", "prep", stage.id.removeprefix(DATA_PREP)] if stage.id.startswith(DATA_PREP) else [stage.id]
-    return " ".join(["nemotron", "nano3", *words])
 
 
 def _configs(stage: Stage) -> str:

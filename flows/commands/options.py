@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from tasks.stages import Stage
 
 ConfigOption = Annotated[
     str | None,
@@ -34,3 +37,13 @@ OVERRIDES_HELP = (
     "Trailing key=value arguments override the config (train.train_iters=50) or the execution "
     "profile (run.env.nodes=2). Without --run or --batch the job runs on this machine."
 )
+
+
+#: Stage ids under this prefix are `nemotron nano3 data prep <kind>` commands.
+DATA_PREP = "data_prep/"
+
+
+def command_for(stage: Stage) -> str:
+    """The command that runs a stage: data_prep/sft → `nemotron nano3 data prep sft`."""
+    words = ["data", "prep", stage.id.removeprefix(DATA_PREP)] if stage.id.startswith(DATA_PREP) else [stage.id]
+    return " ".join(["nemotron", "nano3", *words])

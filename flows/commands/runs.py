@@ -20,6 +20,12 @@ from flows.commands.errors import COMMAND_LINE, user_errors
 from tasks.lean_imports import without
 from flows.summary import wide_console
 
+
+def executor_type(kind: str):  # noqa: ANN201 - type[_Profile], imported lazily (Prefect types)
+    from blocks.profiles import PROFILE_TYPES
+
+    return PROFILE_TYPES[kind]
+
 runs_app = typer.Typer(no_args_is_help=True, help="Past and running submissions: NeMo-Run jobs and Prefect flow runs.")
 
 RunId = Annotated[str, typer.Argument(metavar="RUN", help="Experiment id, job id, cache-key prefix, or Prefect flow run.")]
@@ -148,7 +154,7 @@ def status(run: RunId) -> None:
         print(f"started:  {_when(flow_run.start_time)}   ended: {_when(flow_run.end_time)}")
         return
     output = output_state(store, record)
-    if record.executor == "local":
+    if not executor_type(record.executor).job_outlives_submitter:
         # NeMo-Run's local jobs end with the process that started them; the manifest tells the rest.
         state, job_id = ("SUCCEEDED" if output != "-" else "ENDED"), record.job_id
     else:
@@ -223,7 +229,7 @@ def cancel(run: RunId) -> None:
     from tasks.submissions import find_record, job_info, open_experiment
 
     record = find_record(_store(), run)
-    if record.executor == "local":
+    if not executor_type(record.executor).job_outlives_submitter:
         raise ConfigError(
             f"{record.experiment_id} ran on this machine: it ended with the command that started it",
             file=COMMAND_LINE,
