@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from tasks.stages import STAGES_BY_ID
+
 if TYPE_CHECKING:
     from flows.detached import Submission
     from tasks.stage_task import StageResult
@@ -19,23 +21,17 @@ def wide_console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 160)
 
 
-#: The headline metric(s) of each stage, in the order shown.
-KEY_METRICS = {
-    "data_prep/pretrain": ("num_tokens_train", "vocab_size"),
-    "data_prep/sft": ("train_examples", "valid_examples"),
-    "data_prep/rl": ("train_prompts", "valid_prompts"),
-    "pretrain": ("valid_loss", "valid_perplexity"),
-    "sft": ("exact_match_start", "exact_match"),
-    "rl": ("exact_match_start", "exact_match"),
-    "convert": ("max_abs_logit_diff",),
-    "eval": ("exact_match", "baseline_exact_match", "bits_per_byte", "baseline_bits_per_byte"),
-}
-
-
 def _format(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _key_metrics(stage_id: str, produced: str) -> tuple[str, ...]:
+    """The headline metrics the stage declares (tasks.stages) for the runtime(s) that produce
+    `produced`; none for a stage the table does not declare."""
+    stage = STAGES_BY_ID.get(stage_id)
+    return stage.headline_metrics(produced) if stage is not None else ()
 
 
 def summary_table(results: list[StageResult], title: str = "nano3") -> Table:
@@ -44,7 +40,7 @@ def summary_table(results: list[StageResult], title: str = "nano3") -> Table:
         table.add_column(column)
     for result in results:
         metrics = result.artifact.metrics
-        wanted = KEY_METRICS.get(result.stage) or tuple(sorted(metrics))[:2]
+        wanted = _key_metrics(result.stage, result.artifact.type) or tuple(sorted(metrics))[:2]
         shown = ", ".join(f"{k}={_format(metrics[k])}" for k in wanted if k in metrics)
         table.add_row(result.stage, result.status, f"{result.seconds:.1f}", shown, result.artifact.ref)
     return table

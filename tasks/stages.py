@@ -1,13 +1,19 @@
 """The nano3 pipeline's stages, declared as data over one generic submit task.
 
-Adding a stage is one row here plus its recipe folder. Artifact types are checked against one
-list so a typo in a declaration fails at import, not halfway through a run.
+This table is the one declaration of a stage: its recipe folder, scripts, launchers, the artifact
+types it consumes and produces, the artifact it publishes, its description and its headline
+metrics. The steps catalog (tasks/step_catalog.py) and the run summary (flows/summary.py) read
+them from here; docs/architecture.md shows where a stage fits. Adding a stage is one row here plus
+its recipe folder. Artifact types are checked against one list so a typo in a declaration fails
+at import, not halfway through a run.
 
-A stage runs on one of two runtime backends (DESIGN.md): `hf` anywhere, `megatron` on GPU
-clusters in the NeMo containers. Each backend is a Runtime: its script in the stage folder, its
-launcher and the artifact types it consumes and produces (a Megatron-Bridge pretrain produces a
-checkpoint_megatron, its HF twin a checkpoint_hf). The config's `run.backend` picks the runtime
-(tasks.job_config); the row's own script/launcher/types are its first backend's.
+A stage runs on one of two runtime backends: `hf` (transformers, TRL, lm-eval) anywhere, CPU
+included; `megatron` (Megatron-Bridge, NeMo-RL, NeMo-Evaluator) on GPU clusters in the NeMo
+containers. Each backend is a Runtime: its script in the stage folder, its launcher, the
+artifact types it consumes and produces (a Megatron-Bridge pretrain produces a
+checkpoint_megatron, its HF twin a checkpoint_hf) and the metrics its manifest reports that a
+run summary shows. The config's `run.backend` picks the runtime (tasks.job_config); the row's
+own script/launcher/types/metrics are its first backend's.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ class Runtime:
     consumes: tuple[tuple[str, str], ...]
     produces: str
     launcher: Launcher = "direct"
+    #: The headline metrics of the script's manifest, in the order a run summary shows them.
+    key_metrics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,8 @@ class Stage:
     backend: str = "hf"
     #: The other backends' runtimes: (backend, Runtime) pairs.
     alternatives: tuple[tuple[str, Runtime], ...] = ()
+    #: The headline metrics `script` reports in its manifest, in the order a run summary shows them.
+    key_metrics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_types(self.id, self.consumes, self.produces)
@@ -89,8 +99,23 @@ class Stage:
     @property
     def runtimes(self) -> dict[str, Runtime]:
         """Every backend this stage runs on → how."""
-        own = Runtime(script=self.script, consumes=self.consumes, produces=self.produces, launcher=self.launcher)
+        own = Runtime(
+            script=self.script,
+            consumes=self.consumes,
+            produces=self.produces,
+            launcher=self.launcher,
+            key_metrics=self.key_metrics,
+        )
         return {self.backend: own, **dict(self.alternatives)}
+
+    def headline_metrics(self, produced: str | None = None) -> tuple[str, ...]:
+        """The key metrics of the runtimes that produce `produced` (every runtime's when None), in
+        order, once each: a run summary knows the stage and its artifact's type, not the backend."""
+        names: dict[str, None] = {}
+        for runtime in self.runtimes.values():
+            if produced is None or runtime.produces == produced:
+                names.update(dict.fromkeys(runtime.key_metrics))
+        return tuple(names)
 
     def for_backend(self, backend: str) -> Stage:
         """This stage as `backend` runs it; KeyError where it has no such runtime."""
@@ -105,6 +130,7 @@ class Stage:
             consumes=runtime.consumes,
             produces=runtime.produces,
             launcher=runtime.launcher,
+            key_metrics=runtime.key_metrics,
             alternatives=tuple(runtimes.items()),
         )
 
@@ -130,7 +156,9 @@ class Stage:
         return self.id.replace("/", "-")
 
 
-def _data_prep(kind: str, produces: str, description: str, at_scale: Launcher = "direct") -> Stage:
+def _data_prep(
+    kind: str, produces: str, description: str, key_metrics: tuple[str, ...], at_scale: Launcher = "direct"
+) -> Stage:
     """A data prep stage: one script for both backends. `at_scale` is backend megatron's launcher:
     `ray` starts a Ray cluster over the job's nodes and the recipe fans its encoding out on it."""
     return Stage(
@@ -141,18 +169,28 @@ def _data_prep(kind: str, produces: str, description: str, at_scale: Launcher = 
         produces=produces,
         artifact=f"nano3-{kind}-data",
         description=description,
-        alternatives=(("megatron", Runtime(script="prep.py", consumes=(), produces=produces, launcher=at_scale)),),
+        key_metrics=key_metrics,
+        alternatives=(
+            ("megatron", Runtime("prep.py", (), produces, launcher=at_scale, key_metrics=key_metrics)),
+        ),
     )
 
 
 #: What SFT and RL read on backend megatron: chat data and the previous stage's Megatron checkpoint.
 MEGATRON_POST_TRAINING_INPUTS = (("data", "training_jsonl"), ("model", "checkpoint_megatron"))
+#: What the hf SFT and RL scripts report: held-out exact match before and after training.
+EXACT_MATCH_GAIN = ("exact_match_start", "exact_match")
 
 STAGES: tuple[Stage, ...] = (
-    _data_prep("pretrain", "binidx", "Tokenizer training and pretraining corpus → megatron .bin/.idx with a blend file.",
-               at_scale="ray"),
-    _data_prep("sft", "training_jsonl", "Chat-format SFT data with held-out problems."),
-    _data_prep("rl", "training_jsonl", "Prompts with verifiable answers for RL."),
+    _data_prep(
+        "pretrain",
+        "binidx",
+        "Tokenizer training and pretraining corpus → megatron .bin/.idx with a blend file.",
+        ("num_tokens_train", "vocab_size"),
+        at_scale="ray",
+    ),
+    _data_prep("sft", "training_jsonl", "Chat-format SFT data with held-out problems.", ("train_examples", "valid_examples")),
+    _data_prep("rl", "training_jsonl", "Prompts with verifiable answers for RL.", ("train_prompts", "valid_prompts")),
     Stage(
         id="pretrain",
         folder="pretrain",
@@ -162,8 +200,12 @@ STAGES: tuple[Stage, ...] = (
         artifact="nano3-pretrain-model",
         launcher="torchrun",
         description="Pretraining a NemotronH model on the .bin/.idx corpus.",
+        key_metrics=("valid_loss", "valid_perplexity"),
         alternatives=(
-            ("megatron", Runtime("train_megatron.py", (("data", "binidx"),), "checkpoint_megatron", "torchrun")),
+            (
+                "megatron",
+                Runtime("train_megatron.py", (("data", "binidx"),), "checkpoint_megatron", "torchrun", ("iterations",)),
+            ),
         ),
     ),
     Stage(
@@ -175,10 +217,13 @@ STAGES: tuple[Stage, ...] = (
         artifact="nano3-sft-model",
         launcher="torchrun",
         description="Supervised fine-tuning from the pretrained checkpoint.",
+        key_metrics=EXACT_MATCH_GAIN,
         alternatives=(
             (
                 "megatron",
-                Runtime("train_megatron.py", MEGATRON_POST_TRAINING_INPUTS, "checkpoint_megatron", "torchrun"),
+                Runtime(
+                    "train_megatron.py", MEGATRON_POST_TRAINING_INPUTS, "checkpoint_megatron", "torchrun", ("iterations",)
+                ),
             ),
         ),
     ),
@@ -190,10 +235,17 @@ STAGES: tuple[Stage, ...] = (
         produces="checkpoint_hf",
         artifact="nano3-rl-model",
         description="GRPO with verifiable rewards from the SFT checkpoint.",
+        key_metrics=EXACT_MATCH_GAIN,
         alternatives=(
             (
                 "megatron",
-                Runtime("train_megatron.py", MEGATRON_POST_TRAINING_INPUTS, "checkpoint_megatron", "ray"),
+                Runtime(
+                    "train_megatron.py",
+                    MEGATRON_POST_TRAINING_INPUTS,
+                    "checkpoint_megatron",
+                    "ray",
+                    ("steps", "iteration"),
+                ),
             ),
         ),
     ),
@@ -205,6 +257,8 @@ STAGES: tuple[Stage, ...] = (
         produces="checkpoint_hf",
         artifact="nano3-model-hf",
         description="The deployable export (bf16 safetensors), logits checked against the source.",
+        key_metrics=("max_abs_logit_diff",),
+        # The AutoBridge export reports no metrics (its logits are not compared).
         alternatives=(("megatron", Runtime("convert_megatron.py", (("model", "checkpoint_megatron"),), "checkpoint_hf")),),
     ),
     Stage(
@@ -220,6 +274,7 @@ STAGES: tuple[Stage, ...] = (
         produces="eval_results",
         artifact="nano3-eval",
         description="Held-out evaluation of the exported model against the pretrained baseline.",
+        key_metrics=("exact_match", "baseline_exact_match", "bits_per_byte", "baseline_bits_per_byte"),
         alternatives=(
             (
                 "megatron",
@@ -228,6 +283,7 @@ STAGES: tuple[Stage, ...] = (
                     "evaluate_megatron.py",
                     (("model", "checkpoint_hf"), ("data", "training_jsonl"), ("corpus", "binidx")),
                     "eval_results",
+                    key_metrics=("exact_match", "bits_per_byte"),
                 ),
             ),
         ),

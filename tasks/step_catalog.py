@@ -1,10 +1,19 @@
 """The steps catalog: one manifest per step, `tasks/steps/<id>/step.toml`, as in the seeds.
 
-A manifest is data: what the step consumes and produces (checked against the one list of
-artifact types in tasks.stages), its configs and parameters, and how it runs here: as a stage
-of the nano3 pipeline (`stage`, with the runtime `backend` its configs select), or as a tool
-that runs in this process (`tool`). A step this project has no runtime for says what it needs
-(`requires`) and is refused by `steps run` instead of pretending to work.
+A manifest is data: the step's name, category, description, tags, configs and parameters, and
+how it runs here: as a stage of the nano3 pipeline (`stage`, with the runtime `backend` its
+configs select), or as a tool that runs in this process (`tool`). A step this project has no
+runtime for says what it needs (`requires`) and is refused by `steps run` instead of pretending
+to work.
+
+What a step consumes and produces is declared once. A stage step's artifact types are its
+stage's (tasks.stages, the runtime of the step's backend; both backends' when the step names
+none: its script takes either), and its manifest only describes them: `[inputs]` maps each
+input name (a key of the config's `run:` block) to what it is for this step, `[output]` says
+what it publishes. A manifest that redeclares a stage step's types (`[[consumes]]`,
+`[[produces]]`) is refused. Tools and steps that cannot run here have no stage runtime to read
+them from: they declare `[[consumes]]`/`[[produces]]` themselves, checked against the one list
+of artifact types in tasks.stages.
 
 Loading is cheap (tomllib and pydantic, no YAML, no NeMo-Run): `nemotron steps list` reads every
 manifest on each call and still answers in well under a second.
@@ -20,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from blocks.errors import ConfigError, did_you_mean
-from tasks.stages import ARTIFACT_TYPES, STAGES_BY_ID, Stage
+from tasks.stages import ARTIFACT_TYPES, STAGES_BY_ID, Runtime, Stage
 
 CATALOG_ROOT = Path(__file__).resolve().parent / "steps"
 MANIFEST_NAME = "step.toml"
@@ -39,6 +48,14 @@ class ArtifactRef(_Entry):
     type: str
     description: str = ""
     required: bool = True
+    #: The input name (a key of the config's `run:` block) a stage step reads it from.
+    input: str | None = None
+
+
+class OutputInfo(_Entry):
+    """The [output] table of a stage step: what it publishes, for this step."""
+
+    description: str = ""
 
 
 class Parameter(_Entry):
@@ -68,8 +85,14 @@ class StepInfo(_Entry):
 
 class StepManifest(_Entry):
     step: StepInfo
+    #: The artifacts the step reads and writes. A stage step's come from its stage (load_manifest
+    #: fills them in); tools and steps that cannot run here declare their own.
     consumes: tuple[ArtifactRef, ...] = ()
-    produces: tuple[ArtifactRef, ...] = Field(min_length=1)
+    produces: tuple[ArtifactRef, ...] = ()
+    #: A stage step's input name → what that input is for this step.
+    inputs: dict[str, str] = Field(default_factory=dict)
+    #: What a stage step publishes, for this step.
+    output: OutputInfo | None = None
     parameters: tuple[Parameter, ...] = ()
     #: The folder holding step.toml (and config/ for a tool's own configs).
     folder: Path
@@ -81,6 +104,11 @@ class StepManifest(_Entry):
         if self.step.default_config not in self.step.configs:
             raise ValueError(f"default_config {self.step.default_config!r} is not one of configs")
         return self
+
+    @property
+    def types_from_stage(self) -> bool:
+        """A runnable stage step: its stage declares its artifact types, its manifest describes them."""
+        return self.step.stage is not None and self.step.requires is None
 
     # --- convenient views -------------------------------------------------------------------
     @property
@@ -134,43 +162,101 @@ def _check_types(manifest: StepManifest, file: str) -> None:
                 )
 
 
-def _check_links(manifest: StepManifest, file: str, relative_id: str) -> None:
+def _check_own_types(manifest: StepManifest, file: str) -> None:
+    """A tool, or a step that cannot run here, declares its types: [inputs]/[output] describe a stage's."""
+    kind = "a tool" if manifest.step.tool is not None else "a step that cannot run here"
+    for section, present in (("inputs", manifest.inputs), ("output", manifest.output)):
+        if present:
+            raise ConfigError(
+                f"this table describes a stage's artifacts; {kind} declares its own with [[consumes]] and [[produces]]",
+                file=file,
+                section=section,
+            )
+    if not manifest.produces:
+        raise ConfigError(
+            f"{kind} declares what it produces: at least one [[produces]] with a type", file=file, section="produces"
+        )
+    _check_types(manifest, file)
+
+
+def _stage_of(manifest: StepManifest, file: str) -> Stage:
     info = manifest.step
-    if info.id != relative_id:
-        raise ConfigError(f"id {info.id!r} does not match the manifest's folder {relative_id!r}", file=file, section="step", key="id")
-    if info.tool is not None and info.tool not in TOOLS:
-        raise ConfigError(f"unknown tool {info.tool!r}", file=file, section="step", key="tool", hint=f"tools: {', '.join(TOOLS)}")
-    if info.stage is None:
-        return
-    stage = STAGES_BY_ID.get(info.stage)
+    stage = STAGES_BY_ID.get(info.stage or "")
     if stage is None:
         raise ConfigError(
             f"unknown stage {info.stage!r}",
             file=file,
             section="step",
             key="stage",
-            hint=did_you_mean(info.stage, STAGES_BY_ID) or f"stages: {', '.join(STAGES_BY_ID)}",
+            hint=did_you_mean(info.stage or "", STAGES_BY_ID) or f"stages: {', '.join(STAGES_BY_ID)}",
         )
-    if info.backend is not None:
-        if info.backend not in stage.runtimes:
+    if info.backend is not None and info.backend not in stage.runtimes:
+        raise ConfigError(
+            f"stage {stage.id} has no runtime for backend {info.backend!r}", file=file, section="step", key="backend"
+        )
+    return stage
+
+
+def step_runtimes(stage: Stage, backend: str | None) -> list[Runtime]:
+    """The runtimes a step of `stage` runs: its backend's, or every backend's where it names none
+    (its script takes either; its config's `run.backend` picks)."""
+    runtimes = stage.runtimes
+    return [runtimes[backend]] if backend is not None else list(runtimes.values())
+
+
+def _stage_types(stage: Stage, runtimes: list[Runtime]) -> str:
+    """What the runtimes consume and produce, in words, for an error message."""
+    consumes = list(dict.fromkeys(f"{name}: {kind}" for runtime in runtimes for name, kind in runtime.consumes))
+    produces = list(dict.fromkeys(runtime.produces for runtime in runtimes))
+    return f"consumes {', '.join(consumes) or 'nothing'} and produces {', '.join(produces)}"
+
+
+def _from_stage(manifest: StepManifest, file: str, stage: Stage) -> StepManifest:
+    """A stage step with the artifact types of its stage's runtime(s) and the manifest's descriptions."""
+    runtimes = step_runtimes(stage, manifest.step.backend)
+    where = f"stage {stage.id}" + (f" (backend {manifest.step.backend})" if manifest.step.backend else "")
+    # Declared once: the stage's neighbours rely on these types, so a manifest may not restate them.
+    for section, refs in (("consumes", manifest.consumes), ("produces", manifest.produces)):
+        if refs:
             raise ConfigError(
-                f"stage {stage.id} has no runtime for backend {info.backend!r}", file=file, section="step", key="backend"
+                f"a stage step's artifact types are its stage's: {where} {_stage_types(stage, runtimes)} "
+                f"(tasks/stages.py); describe them under [inputs] and [output] instead of [[{section}]]",
+                file=file,
+                section=section,
             )
-        stage = stage.for_backend(info.backend)
-    # A step is a way to run its stage (on its backend): the stage's neighbours rely on these types.
-    declared = {kind for _, kind in stage.consumes}
-    if manifest.consumed_types() != declared:
-        raise ConfigError(
-            f"consumes {sorted(manifest.consumed_types())}, but stage {stage.id} consumes {sorted(declared)}",
-            file=file,
-            section="consumes",
-        )
-    if manifest.produced_types() != {stage.produces}:
-        raise ConfigError(
-            f"produces {sorted(manifest.produced_types())}, but stage {stage.id} produces {stage.produces}",
-            file=file,
-            section="produces",
-        )
+    pairs = list(dict.fromkeys(pair for runtime in runtimes for pair in runtime.consumes))
+    names = list(dict.fromkeys(name for name, _ in pairs))
+    for name in manifest.inputs:
+        if name not in names:
+            raise ConfigError(
+                f"{where} has no input {name!r}",
+                file=file,
+                section="inputs",
+                key=name,
+                hint=did_you_mean(name, names) or (f"inputs: {', '.join(names)}" if names else "it consumes nothing"),
+            )
+    consumes = tuple(
+        ArtifactRef(type=kind, description=manifest.inputs.get(name, ""), input=name) for name, kind in pairs
+    )
+    described = manifest.output.description if manifest.output else ""
+    produces = tuple(
+        ArtifactRef(type=kind, description=described) for kind in dict.fromkeys(runtime.produces for runtime in runtimes)
+    )
+    return manifest.model_copy(update={"consumes": consumes, "produces": produces})
+
+
+def _check_links(manifest: StepManifest, file: str, relative_id: str) -> StepManifest:
+    """The manifest's id, tool and stage checked; a stage step's types filled in from its stage."""
+    info = manifest.step
+    if info.id != relative_id:
+        raise ConfigError(f"id {info.id!r} does not match the manifest's folder {relative_id!r}", file=file, section="step", key="id")
+    if info.tool is not None and info.tool not in TOOLS:
+        raise ConfigError(f"unknown tool {info.tool!r}", file=file, section="step", key="tool", hint=f"tools: {', '.join(TOOLS)}")
+    stage = _stage_of(manifest, file) if info.stage is not None else None
+    if stage is None or not manifest.types_from_stage:
+        _check_own_types(manifest, file)
+        return manifest
+    return _from_stage(manifest, file, stage)
 
 
 def load_manifest(path: Path, root: Path = CATALOG_ROOT) -> StepManifest:
@@ -188,9 +274,7 @@ def load_manifest(path: Path, root: Path = CATALOG_ROOT) -> StepManifest:
         section = loc[0] if loc else None
         key = ".".join(p for p in loc[1:] if not p.isdigit()) or None
         raise ConfigError(first["msg"].removeprefix("Value error, "), file=file, section=section, key=key) from None
-    _check_types(manifest, file)
-    _check_links(manifest, file, path.parent.relative_to(root).as_posix())
-    return manifest
+    return _check_links(manifest, file, path.parent.relative_to(root).as_posix())
 
 
 @cache

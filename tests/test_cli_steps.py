@@ -95,6 +95,16 @@ def test_show_a_megatron_step_says_how_it_runs() -> None:
     assert "nemotron steps run rl/nemo_rl/rlvr -c default" in result.stdout
 
 
+def test_show_json_has_the_stages_types_by_input() -> None:
+    """A stage step's types are its stage runtime's (tasks/stages.py); its manifest describes them."""
+    result = invoke("steps", "show", "sft/megatron_bridge", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [(ref["input"], ref["type"]) for ref in data["consumes"]] == [("data", "training_jsonl"), ("model", "checkpoint_megatron")]
+    assert [ref["type"] for ref in data["produces"]] == ["checkpoint_megatron"]
+    assert data["consumes"][1]["description"].startswith("The pretrained checkpoint (run.model")
+
+
 def test_show_json_has_the_config_values() -> None:
     result = invoke("steps", "show", "env/env_toml", "--json")
     params = {p["name"]: p["value"] for p in json.loads(result.stdout)["parameters"]}

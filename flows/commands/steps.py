@@ -41,8 +41,8 @@ def _as_dict(manifest: Any) -> dict[str, Any]:
         "tool": manifest.step.tool,
         "runnable": manifest.runnable,
         "requires": manifest.step.requires,
-        "consumes": [r.model_dump() for r in manifest.consumes],
-        "produces": [r.model_dump() for r in manifest.produces],
+        "consumes": [r.model_dump(exclude_none=True) for r in manifest.consumes],
+        "produces": [r.model_dump(exclude_none=True) for r in manifest.produces],
         "configs": list(manifest.step.configs),
         "default_config": manifest.step.default_config,
         "parameters": [p.model_dump() for p in manifest.parameters],
@@ -169,7 +169,8 @@ def show_step(
         out.print(f"[bold]{title}[/bold]")
         for ref in refs:
             optional = "" if ref.required else " (optional)"
-            out.print(f"  • [green]{ref.type}[/green]{optional} — {escape(ref.description)}")
+            described = f" — {escape(ref.description)}" if ref.description else ""
+            out.print(f"  • [green]{ref.type}[/green]{optional}{described}")
         if not refs:
             out.print("  nothing")
     configs = ", ".join(f"{c} (default)" if c == info.default_config else c for c in info.configs)
