@@ -255,9 +255,8 @@ def render_field_sources(job: JobConfig) -> str:
         if isinstance(value, dict) and value:
             continue  # a table's entries have their own lines
         rows.append((key, value, source))
-    assumed = getattr(job.profile, "assumed", None)
-    for key, value, why in assumed() if callable(assumed) else ():
-        rows.append((key, value, f"assumed: {why}"))
+    for key, value, why in job.profile.assumed():
+        rows.append((key, value if value != "" else None, f"assumed: {why}"))
     if not rows:
         return "(all defaults)"
     from pydantic_core import to_jsonable_python
