@@ -132,24 +132,13 @@ def run_stages(options: RunOptions, stages: list[Stage], flow_name: str = PIPELI
         check_detachable(context)
     check_inputs(resolved.jobs, open_store(context.artifacts))
     hand_over(options, stages, resolved)
-    exit_on_sigterm()
-    if options.detached:
-        submit_detached(options, stages, flow_name)
-    else:
-        run_pipeline(options, stages, flow_name)
+    from flows.stop_signals import stopped_by_signals
 
-
-def exit_on_sigterm() -> None:
-    """`kill <pid>` exits like Ctrl-C does, through Python's exit path.
-
-    Prefect turns SIGTERM into a Crashed flow run and then re-delivers it to the handler found
-    before the run; with the default one the process dies at once and its exit handlers never
-    run, leaving Prefect's temporary server (started when no server is configured) behind.
-    """
-    import signal
-
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    with stopped_by_signals():
+        if options.detached:
+            submit_detached(options, stages, flow_name)
+        else:
+            run_pipeline(options, stages, flow_name)
 
 
 def make_options(config: str | None, run: str | None, batch: str | None, dry_run: bool, overrides: list[str]) -> RunOptions:

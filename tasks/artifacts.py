@@ -4,6 +4,7 @@ Layout under the store's root (any fsspec URL; a local folder by default, `s3://
 
     <root>/<stage>/<cache_key>/…            a stage's outputs; manifest.json, written last, marks it done
     <root>/_work/<stage>/<cache_key>/…      checkpoints and scratch of a stage still running
+    <root>/_work/<stage>/<cache_key>/job.lock   held by the local job running there (wait_for_jobs)
     <root>/_registry/<name>/v<N>.json       one file per published version, never rewritten
     <root>/_registry/<name>/latest.json     the alias, replaced atomically
     <root>/_runs/<cache_key>.json           the submission record: which job is computing that key
@@ -39,7 +40,7 @@ from pydantic import BaseModel, Field
 from blocks.errors import ConfigError
 from blocks.settings import ArtifactsConfig
 from recipes.nano3.manifest import MANIFEST_NAME, Manifest
-from recipes.nano3.runtime import ENDPOINT_VAR, scratch_path
+from recipes.nano3.runtime import ENDPOINT_VAR, JOB_LOCK, local_work_dir, scratch_path
 
 #: Artifact types whose .jsonl files are records, one JSON object per line (check_input).
 RECORD_TYPES = ("raw_jsonl", "training_jsonl")
@@ -355,6 +356,37 @@ class ArtifactStore:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
             yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def wait_for_jobs(self, work_url: str, what: str, on_wait: Callable[[str], None] | None = None) -> str | None:
+        """Return once no local job of the work folder `work_url` is running; the job waited for
+        (`pid@host`), or None if there was none.
+
+        Every process of a local job holds a shared flock on `<work folder>/job.lock` from its
+        start to its end (recipes.nano3.runtime.hold_job_lock; the kernel drops it when the job
+        dies, SIGKILL included); this takes the lock exclusively, so it waits for all of them,
+        and lets it go at once. A local job stops when its orchestrator dies, but not in the
+        same instant: the job of a killed run can still be running, or writing its manifest,
+        when the rerun holds the claim (which died with that run). Call this after the claim and
+        before submitting, then look for the manifest again. A job of a dead orchestrator that
+        takes its lock after this finds the orchestrator gone and does nothing. The work folder
+        is on this machine: in the store (a local one) or under the scratch folder (a remote
+        one), as the job computes it (recipes.nano3.runtime.local_work_dir).
+        """
+        path = local_work_dir(work_url) / JOB_LOCK
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return None
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                if on_wait is not None:
+                    on_wait(f"waiting for the previous job (pid {holder}) of {what} to end")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return holder
         finally:
             os.close(fd)  # releases the lock
 

@@ -169,9 +169,26 @@ def submit_stage(
 ) -> JobOutcome:
     """Submit the stage's job (or re-attach to the one computing its cache key): the one way a
     stage is submitted, attached (then waited for) or detached (`--batch`, then left running).
-    The job's env and secrets are assembled inside, from the store and [wandb], for both modes."""
+    The job's env and secrets are assembled inside, from the store and [wandb], for both modes.
+
+    Never while a job is still running for the stage: a scheduler's is re-attached to through
+    its submission record (tasks.submit); a local one is waited for (ArtifactStore.wait_for_jobs),
+    and if it finished the stage, nothing is submitted (an outcome `reattached`, as for a
+    scheduler's job that the rerun found running)."""
+    logger = get_run_logger()
+    if not prepared.job.profile.job_outlives_submitter:
+        # A local job of a killed run may still be running (it stops within a second of its
+        # orchestrator) and may yet finish the stage: wait for its end, then look again.
+        previous = store.wait_for_jobs(prepared.work_url, prepared.stage_id, on_wait=logger.info)
+        if store.read_manifest(prepared.output_url) is not None:
+            record = store.read_record(prepared.cache_key)
+            by = f" (pid {previous})" if previous else ""
+            logger.info(f"{prepared.stage_id}: the job of an earlier run{by} finished it; nothing to submit")
+            return JobOutcome(
+                "SUCCEEDED", record.experiment_id if record else "", record.job_id if record else None, True, []
+            )
     mode = "detached " if detached else ""
-    get_run_logger().info(
+    logger.info(
         f"{prepared.stage_id}: cache key {prepared.cache_key}, submitting {mode}through {prepared.job.profile.executor}"
     )
     return submit_and_wait(

@@ -130,21 +130,47 @@ def follow_nemorun_home() -> None:
 
 @contextlib.contextmanager
 def keeping_signal_handlers() -> Iterator[None]:
-    """Put back the SIGTERM/SIGINT handlers a submission replaced.
+    """Put back the SIGTERM/SIGINT handlers a submission replaced, and hand them a signal that
+    arrived while they were replaced.
 
-    torchx's local scheduler installs handlers that raise an ordinary exception; caught by
-    Prefect's task engine, that is a failure to retry, and the retry re-attached to the still
-    running job: `kill` or Ctrl-C did not stop the run. With Prefect's own handlers back, either
-    signal ends the flow run as Crashed, and the local job stops with its orchestrator.
+    torchx's local scheduler installs handlers that raise an ordinary exception when it is
+    created in the main thread (NeMo-Run's local scheduler does not); caught by Prefect's task
+    engine, that is a failure to retry, and the retry re-attached to the still running job: `kill`
+    or Ctrl-C did not stop the run. With the run's own handlers back, either signal ends the flow
+    run as Crashed, and the local job stops with its orchestrator.
     """
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         for sig, handler in saved.items():
             if handler is not None:
                 with contextlib.suppress(ValueError):  # only the main thread may set handlers
                     signal.signal(sig, handler)
+
+    try:
+        yield
+    except Exception as exc:
+        from torchx.schedulers.local_scheduler import SignalException
+
+        if not isinstance(exc, SignalException):
+            raise
+        restore()
+        os.kill(os.getpid(), exc.sigval)  # the run's handler takes it from here, as at any other moment
+        raise
+    finally:
+        restore()
+
+
+@contextlib.contextmanager
+def leaving_without_waiting_when_stopped(exp: Any) -> Iterator[None]:
+    """From the submission on, a stop (a signal, a crash) leaves the experiment without NeMo-Run
+    waiting for the job: its exit waits for a local job to finish, training and all. A local job
+    stops with this process; a scheduler's is re-attached by the rerun."""
+    try:
+        yield
+    except BaseException:
+        exp.detach = True
+        raise
 
 
 def _reattach(record: SubmissionRecord, job: JobConfig) -> Any | None:
@@ -226,7 +252,10 @@ def submit_and_wait(
     # whose logger prints to the real stdout while we wait.
     real_stdout = sys.stdout
     with contextlib.redirect_stdout(io.StringIO()):
-        with run.Experiment(f"nano3-{job.stage.slug}", executor=executor, log_level="WARN") as exp:
+        with (
+            run.Experiment(f"nano3-{job.stage.slug}", executor=executor, log_level="WARN") as exp,
+            leaving_without_waiting_when_stopped(exp),
+        ):
             exp.add(recipe_task(job, str(config_file)), name=job.stage.slug)
             with keeping_signal_handlers():
                 exp.run(detach=True)
@@ -245,11 +274,5 @@ def submit_and_wait(
             if detached:
                 return JobOutcome(state, exp._id, job_id, False, [])
             # Waiting inside the block: leaving it makes NeMo-Run wait on local jobs itself.
-            try:
-                with contextlib.redirect_stdout(real_stdout):
-                    return _wait(exp, on_line, reattached=False, profile=job.profile)
-            except BaseException:
-                # Stopped while waiting (a signal, a crash): leave without NeMo-Run waiting for the
-                # job; a local one stops with this process, a scheduler's is re-attached later.
-                exp.detach = True
-                raise
+            with contextlib.redirect_stdout(real_stdout):
+                return _wait(exp, on_line, reattached=False, profile=job.profile)

@@ -26,6 +26,10 @@ writes local files only, and this module moves them.
 - A URL work_dir (the orchestrator gives a local one for remote stores) becomes
   `<scratch>/work/<bucket>/<path>/`: checkpoints stay on the job's file system.
 
+A local job (NANO3_ORCHESTRATOR_PID set) holds a shared flock on `<work_dir>/job.lock` from
+start() to its end, and stops when its orchestrator is gone: an orchestrator waits for that lock
+before it submits another job for the same work folder (tasks.artifacts.ArtifactStore.wait_for_jobs).
+
 `<scratch>` is $NANO3_SCRATCH, else ~/.cache/nano3. Credentials come from the job's environment
 only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for S3-compatible servers), which
 the orchestrator passes as secret env: never in the config.
@@ -34,11 +38,13 @@ the orchestrator passes as secret env: never in the config.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
 import random
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -59,6 +65,8 @@ SCRATCH_VAR = "NANO3_SCRATCH"
 DEFAULT_SCRATCH = "~/.cache/nano3"
 #: The S3 endpoint for S3-compatible servers (read by botocore too; passed explicitly to s3fs).
 ENDPOINT_VAR = "AWS_ENDPOINT_URL"
+#: In a local job's work folder: held (shared) by every process of the job for its whole life.
+JOB_LOCK = "job.lock"
 
 
 @dataclass(frozen=True)
@@ -96,14 +104,16 @@ def start(argv: list[str] | None = None) -> RecipeContext:
         name: InputRef.model_validate(OmegaConf.to_container(ref, resolve=True))
         for name, ref in (run.get("inputs") or {}).items()
     }
+    work_dir = local_work_dir(str(run.work_dir))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # First, before the seconds that importing torch takes: a job whose orchestrator is already
+    # gone must not do any work, and the orchestrator's rerun must see this job as running.
+    hold_job_lock(work_dir)
     seed = int(run.get("seed", cfg.get("seed", 1234)))
     seed_everything(seed)
-    watch_orchestrator()
     output_url = str(run.output_dir) if is_url(str(run.output_dir)) else None
     output_dir = scratch_path("staging", output_url) if output_url else Path(run.output_dir)
-    work_dir = scratch_path("work", str(run.work_dir)) if is_url(str(run.work_dir)) else Path(run.work_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
     local_inputs = {name: fetch_input(name, ref) for name, ref in inputs.items() if is_url(ref.path)}
     return RecipeContext(
         config=cfg,
@@ -135,6 +145,15 @@ def scratch_path(kind: str, url: str) -> Path:
     rest = url.split("://", 1)[1].strip("/")
     parts = [p for p in rest.split("/") if p not in ("", ".", "..")]
     return scratch_root().joinpath(kind, *parts)
+
+
+def local_work_dir(work_dir: str) -> Path:
+    """The folder a job keeps its checkpoints in: run.work_dir, or its scratch stand-in for a URL.
+
+    The orchestrator computes the same folder to find a local job's lock (job.lock)."""
+    if is_url(work_dir):
+        return scratch_path("work", work_dir)
+    return Path(work_dir.removeprefix("file://"))
 
 
 def remote_fs(url: str):  # noqa: ANN201 - fsspec.AbstractFileSystem
@@ -196,11 +215,82 @@ def upload_output(ctx: RecipeContext, manifest: Manifest) -> None:
     fs.put_file(str(ctx.output_dir / MANIFEST_NAME), f"{base}/{MANIFEST_NAME}")
 
 
+# --- local jobs and their orchestrator --------------------------------------------------------
+
+#: The open job.lock of this process: kept open, so locked, until the process ends.
+_job_lock_fd: int | None = None
+
+
+def orchestrator_alive(pid: int) -> bool:
+    """Whether the orchestrator `pid` that started this job is still running.
+
+    Not a zombie (a killed orchestrator that its parent has not reaped yet still answers
+    kill(pid, 0)), and started no later than this process (a pid handed to another process since
+    is not the orchestrator). Without /proc: kill(pid, 0).
+    """
+    try:
+        mine = Path("/proc/self/stat").read_text()
+    except OSError:  # no /proc on this system
+        return _signalable(pid)
+    try:
+        theirs = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone
+        return False
+    # Fields after the command name (which may hold spaces and parentheses): state is the 3rd
+    # field of the line, the start time (clock ticks since boot) the 22nd.
+    their_fields = theirs.rsplit(")", 1)[1].split()
+    my_fields = mine.rsplit(")", 1)[1].split()
+    if their_fields[0] in ("Z", "X"):
+        return False
+    return int(their_fields[19]) <= int(my_fields[19])
+
+
+def _signalable(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def hold_job_lock(work_dir: Path) -> None:
+    """A local job: lock `work_dir/job.lock` for the rest of this process's life, then stop at
+    once if the orchestrator that started it is gone, else watch it.
+
+    The lock is shared (the ranks torchrun starts all hold it) and the kernel drops it when the
+    process ends, SIGKILL included. The orchestrator takes it exclusively before it submits a job
+    for this work folder, so it waits for the end of every job still running there; a job of a
+    killed orchestrator that takes the lock after that wait finds its orchestrator gone here and
+    does nothing. A job on a scheduler (no NANO3_ORCHESTRATOR_PID) is left alone: the rerun
+    re-attaches to it through its submission record.
+    """
+    global _job_lock_fd
+    pid = os.environ.get(ORCHESTRATOR_PID_VAR)
+    if not pid:
+        return
+    first = _job_lock_fd is None
+    if first:
+        fd = os.open(work_dir / JOB_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while an orchestrator checks for running jobs
+        # Who holds it, for the orchestrator's "waiting for the previous job" message.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
+        _job_lock_fd = fd
+    if not orchestrator_alive(int(pid)):
+        print(f"orchestrator {pid} is gone; not starting (its rerun submits the stage again)", flush=True)
+        os._exit(143)
+    if first:
+        watch_orchestrator()
+
+
 def watch_orchestrator(interval: float = 1.0) -> None:
     """A local job must not outlive the orchestrator that started it.
 
     If the orchestrator is killed, its rerun submits the stage again and resumes from the last
-    checkpoint; an orphan still writing to the same work folder would race that new job.
+    checkpoint; an orphan still writing to the same work folder would race that new job (the
+    rerun waits for this job's job.lock, so it waits until this thread has stopped the job).
     """
     pid = os.environ.get(ORCHESTRATOR_PID_VAR)
     if not pid:
@@ -209,13 +299,9 @@ def watch_orchestrator(interval: float = 1.0) -> None:
     def watch() -> None:
         while True:
             time.sleep(interval)
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
+            if not orchestrator_alive(int(pid)):
                 print(f"orchestrator {pid} is gone; stopping (the rerun resumes from the last checkpoint)", flush=True)
                 os._exit(143)
-            except PermissionError:
-                continue
 
     threading.Thread(target=watch, name="nano3-orchestrator-watch", daemon=True).start()
 

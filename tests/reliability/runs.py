@@ -47,16 +47,20 @@ class Sandbox:
         return env
 
     def start(self, *args: str, results: Path | None = None, log: Path | None = None,
+              module: str = "tests.reliability.toy_pipeline", new_session: bool = False,
               **extra: str | None) -> subprocess.Popen:
-        """`python -m tests.reliability.toy_pipeline ARGS` in the background."""
+        """`python -m tests.reliability.toy_pipeline ARGS` (or another pipeline module) in the background.
+
+        `new_session`: in a session and process group of its own, as a terminal starts a command
+        (`os.killpg(process.pid, SIGINT)` is then the terminal's Ctrl-C)."""
         (self.root / "home").mkdir(parents=True, exist_ok=True)
         (self.root / "work").mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "tests.reliability.toy_pipeline", *args]
+        command = [sys.executable, "-m", module, *args]
         if results is not None:
             command += ["--results", str(results)]
         output = (log or self.root / "orchestrator.log").open("a")
         return subprocess.Popen(command, cwd=self.root / "work", env=self.env(**extra), stdout=output,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=new_session)
 
     def run(self, *args: str, timeout: float = 300, **extra: str | None) -> tuple[int, list[dict]]:
         """Run to the end; (exit code, the stage results it reported)."""
@@ -124,3 +128,18 @@ def registry_problems(store: ArtifactStore) -> list[str]:
 def versions(store: ArtifactStore) -> dict[str, int]:
     registry = Path(store.root, "_registry")
     return {p.name: len(list(p.glob("v*.json"))) for p in registry.glob("*")} if registry.exists() else {}
+
+
+def run_as_command(argv: list[str]) -> int:
+    """The toy pipeline stopped as a command's run is (flows.stop_signals.stopped_by_signals: one way to
+    stop for `kill` and Ctrl-C, Prefect's temporary server in its own session)."""
+    from flows.stop_signals import stopped_by_signals
+    from tests.reliability.toy_pipeline import main
+
+    with stopped_by_signals():
+        return main(argv)
+
+
+if __name__ == "__main__":
+    # `python -m tests.reliability.runs ARGS`: Sandbox.start(..., module="tests.reliability.runs").
+    sys.exit(run_as_command(sys.argv[1:]))
