@@ -6,8 +6,6 @@ tests.reliability.toy_pipeline runs its stages: the nano3 flow machinery, a NeMo
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,17 +28,9 @@ def held_pipeline(overrides: list[str] | None = None) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=None)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    results = held_pipeline(overrides=args.overrides)
-    summary = [{"stage": r.stage, "status": r.status, "artifact": r.artifact.ref, "digest": r.artifact.digest}
-               for r in results]
-    print(json.dumps(summary))
-    if args.results:
-        args.results.write_text(json.dumps(summary))
-    return 0
+    from tests.reliability.toy_pipeline import main as toy_main
+
+    return toy_main(argv, pipeline=held_pipeline, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 
@@ -43,13 +44,15 @@ def toy_pipeline(run: str | None = None, overrides: list[str] | None = None) -> 
     return execute_stages(stage_jobs(context, TOY_STAGES), open_store(context.artifacts), context.wandb)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, pipeline: Any = None, description: str = "") -> int:
+    """The command line of a toy pipeline flow (this one, or another with the same parameters)."""
+    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     parser.add_argument("-r", "--run", default=None)
     parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    results = toy_pipeline(run=args.run, overrides=args.overrides)
+    flow = pipeline or toy_pipeline
+    results = flow(run=args.run, overrides=args.overrides) if args.run else flow(overrides=args.overrides)
     summary = [{"stage": r.stage, "status": r.status, "artifact": r.artifact.ref, "digest": r.artifact.digest}
                for r in results]
     print(json.dumps(summary))
