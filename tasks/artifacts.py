@@ -343,21 +343,11 @@ class ArtifactStore:
             yield
             return
         path = Path(self._path("_runs", f"{cache_key}.lock"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                if on_wait is not None:
-                    on_wait(f"another run (pid {holder}) is computing cache key {cache_key}; waiting for it")
-                fcntl.flock(fd, fcntl.LOCK_EX)
+        waiting = f"another run (pid {{holder}}) is computing cache key {cache_key}; waiting for it"
+        with _exclusive_flock(path, waiting, on_wait) as fd:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     def wait_for_jobs(self, work_url: str, what: str, on_wait: Callable[[str], None] | None = None) -> str | None:
         """Return once no local job of the work folder `work_url` is running; the job waited for
@@ -374,21 +364,35 @@ class ArtifactStore:
         is on this machine: in the store (a local one) or under the scratch folder (a remote
         one), as the job computes it (recipes.nano3.runtime.local_work_dir).
         """
-        path = local_work_dir(work_url) / JOB_LOCK
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        waited: list[str] = []
+        waiting = f"waiting for the previous job (pid {{holder}}) of {what} to end"
+        with _exclusive_flock(local_work_dir(work_url) / JOB_LOCK, waiting, on_wait, waited=waited):
+            pass  # held by nobody now: released at once
+        return waited[0] if waited else None
+
+
+@contextlib.contextmanager
+def _exclusive_flock(
+    path: Path, waiting: str, on_wait: Callable[[str], None] | None, waited: list[str] | None = None
+) -> Iterator[int]:
+    """An exclusive flock on `path`, yielding its fd; if someone holds it, `on_wait` is told
+    `waiting` (its `{holder}` is the `pid@host` the holder wrote) before blocking. The kernel
+    drops a dead holder's lock, SIGKILL included, so nobody waits on a crashed process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return None
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                if on_wait is not None:
-                    on_wait(f"waiting for the previous job (pid {holder}) of {what} to end")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                return holder
-        finally:
-            os.close(fd)  # releases the lock
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            if waited is not None:
+                waited.append(holder)
+            if on_wait is not None:
+                on_wait(waiting.format(holder=holder))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
 
 
 #: Where artifacts go when neither env.toml [artifacts] nor NANO3_ARTIFACTS_ROOT says otherwise.

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tasks.stages import PROJECT_ROOT, Stage
+from tasks.stages import PROJECT_ROOT, RAY_CLUSTER_SCRIPT, Stage
 
 #: Bumped whenever what enters a key changes, so that keys of the old scheme never match.
 KEY_SCHEME = 2
@@ -29,9 +29,6 @@ KEY_SCHEME = 2
 NOT_IN_KEY = ("env", "wandb", "output_dir", "work_dir", "stage", "inputs")
 #: Top-level packages whose modules travel with a job (files on disk under the project root).
 CODE_PACKAGES = ("recipes",)
-#: What every node of a `ray` stage runs before the script (tasks.submission.RAY_CLUSTER_SCRIPT;
-#: not imported from there, which would load the executors to compute a key).
-RAY_CLUSTER_SCRIPT = "recipes/nano3/ray_cluster.py"
 
 
 def _module_file(name: str, root: Path) -> Path | None:

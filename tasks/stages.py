@@ -24,6 +24,9 @@ from typing import Literal
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_ROOT = PROJECT_ROOT / "recipes" / "nano3"
+#: What every node of a `ray` stage runs before the stage's script (it starts Ray there): part of
+#: what such a job runs, so of its cache key too.
+RAY_CLUSTER_SCRIPT = "recipes/nano3/ray_cluster.py"
 
 #: The artifact types stages exchange (the seeds' list, plus what our stages add).
 ARTIFACT_TYPES = (

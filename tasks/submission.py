@@ -23,7 +23,7 @@ import yaml
 
 from blocks.executors import REDACTED, ExecutionTarget, build_executor, describe
 from tasks.job_config import JobConfig
-from tasks.stages import PROJECT_ROOT
+from tasks.stages import PROJECT_ROOT, RAY_CLUSTER_SCRIPT
 
 if TYPE_CHECKING:
     import nemo_run as run
@@ -49,10 +49,6 @@ def config_path_in_job(job: JobConfig) -> str:
     """Where the resolved config will be: beside the stage's checkpoints, in the store's work
     folder, whose name (the cache key) is known once the inputs are."""
     return f"<store>/_work/{job.stage.slug}/<cache-key>/config.yaml"
-
-
-#: What every node of a `ray` stage runs: it starts Ray there and, on the head node, the recipe.
-RAY_CLUSTER_SCRIPT = "recipes/nano3/ray_cluster.py"
 
 
 def recipe_task(job: JobConfig, config_path: str | None = None) -> run.Script:

@@ -145,10 +145,9 @@ def test_configs_stay_out_and_the_eval_tasks_are_in() -> None:
     assert {"recipes/nano3/eval/evaluate.py", "recipes/nano3/hf_model.py"} <= set(real_sources("eval", "megatron"))
 
 
-def test_the_ray_script_is_the_one_jobs_run() -> None:
-    from tasks.submission import RAY_CLUSTER_SCRIPT
-
-    assert cache_key.RAY_CLUSTER_SCRIPT == RAY_CLUSTER_SCRIPT
+def test_a_ray_stage_s_key_covers_the_script_its_nodes_run_first() -> None:
+    assert "recipes/nano3/ray_cluster.py" in real_sources("rl", "megatron")
+    assert "recipes/nano3/ray_cluster.py" not in real_sources("rl")
 
 
 @pytest.fixture
