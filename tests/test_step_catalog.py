@@ -183,6 +183,16 @@ def test_tools_and_steps_that_cannot_run_declare_their_own_types(tmp_path: Path)
     assert manifest.consumed_types() == {"raw_jsonl"} and manifest.produced_types() == {"checkpoint_megatron"}
 
 
+def _assert_one_error(path: Path, tmp_path: Path, expected: list[str]) -> None:
+    """Loading `path` fails with one ConfigError that starts with the file and says each of `expected`."""
+    with pytest.raises(ConfigError) as caught:
+        load_manifest(path, root=tmp_path / "steps")
+    message = str(caught.value)
+    assert message.startswith(str(path)), message
+    for text in expected:
+        assert text in message, f"{text!r} not in {message!r}"
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -206,12 +216,7 @@ def test_tools_and_steps_that_cannot_run_declare_their_own_types(tmp_path: Path)
 )
 def test_a_broken_manifest_is_one_error_naming_file_and_key(tmp_path: Path, change: tuple[str, str], expected: list[str]) -> None:
     path = _manifest(tmp_path, GOOD.replace(*change))
-    with pytest.raises(ConfigError) as caught:
-        load_manifest(path, root=tmp_path / "steps")
-    message = str(caught.value)
-    assert message.startswith(str(path)), message
-    for text in expected:
-        assert text in message, f"{text!r} not in {message!r}"
+    _assert_one_error(path, tmp_path, expected)
 
 
 @pytest.mark.parametrize(
@@ -226,12 +231,7 @@ def test_a_broken_manifest_is_one_error_naming_file_and_key(tmp_path: Path, chan
 )
 def test_a_broken_tool_manifest_is_one_error(tmp_path: Path, change: tuple[str, str], expected: list[str]) -> None:
     path = _manifest(tmp_path, TOOL.replace(*change), "env/mine")
-    with pytest.raises(ConfigError) as caught:
-        load_manifest(path, root=tmp_path / "steps")
-    message = str(caught.value)
-    assert message.startswith(str(path)), message
-    for text in expected:
-        assert text in message, f"{text!r} not in {message!r}"
+    _assert_one_error(path, tmp_path, expected)
 
 
 def test_the_catalog_lives_in_the_package() -> None:
