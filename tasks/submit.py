@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import signal
@@ -29,6 +30,18 @@ from tasks.nemo_run_import import import_nemo_run
 from tasks.submission import job_target, recipe_task
 
 ACTIVE = {"SUBMITTED", "PENDING", "RUNNING", "UNKNOWN_ACTIVE"}
+#: What NeMo-Run reports when the scheduler could not be asked (sacct failing while slurmdbd
+#: restarts, a cloud API error): the job may well be running. Never read as an end.
+UNANSWERED = "UNKNOWN"
+#: Waits between questions to a scheduler that did not answer: doubling from the first, capped.
+UNANSWERED_BACKOFF = (1.0, 30.0)
+#: How long a wait goes on asking a silent scheduler before the stage fails (Prefect retries it,
+#: and the retry re-attaches to the same job: nothing is submitted twice).
+UNANSWERED_LIMIT_SECONDS = 15 * 60
+#: The loggers NeMo-Run's schedulers report a failed status query on.
+SCHEDULER_LOGGERS = tuple(
+    f"nemo_run.run.torchx_backend.schedulers.{name}" for name in ("slurm", "dgxcloud", "lepton", "docker")
+)
 #: How often the job's state and log are read: a job's end is noticed half of this later on
 #: average; a status query of a local job costs a few milliseconds.
 POLL_SECONDS = 0.5
@@ -60,9 +73,45 @@ class JobOutcome:
         return self.state == "TIMEOUT"
 
 
-def _state(exp: Any) -> tuple[str, str | None, str | None]:
+class _SchedulerComplaints(logging.Filter):
+    """Holds back NeMo-Run's warnings about a failed status query (a dozen lines each, every
+    poll) so that the wait reports them as one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.messages.append(record.getMessage())
+        return False
+
+    @property
+    def reason(self) -> str:
+        """The scheduler's own last error line (`sacct: error: …`), else the first line."""
+        text = "\n".join(self.messages)
+        errors = [line.strip() for line in text.splitlines() if "error:" in line]
+        return (errors[-1] if errors else text.strip().splitlines()[0] if text.strip() else "no answer")[:200]
+
+
+@contextlib.contextmanager
+def _scheduler_complaints() -> Iterator[_SchedulerComplaints]:
+    complaints = _SchedulerComplaints()
+    loggers = [logging.getLogger(name) for name in SCHEDULER_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(complaints)
+    try:
+        yield complaints
+    finally:
+        for logger in loggers:
+            logger.removeFilter(complaints)
+
+
+def _state(exp: Any, complaints: _SchedulerComplaints | None = None) -> tuple[str, str | None, str | None]:
     """(state name, job id, local dir) of the experiment's only job."""
-    statuses = exp.status(return_dict=True) or {}
+    with _scheduler_complaints() as heard:
+        statuses = exp.status(return_dict=True) or {}
+    if complaints is not None:
+        complaints.messages = heard.messages
     if not statuses:
         return "UNKNOWN", None, None
     info = next(iter(statuses.values()))
@@ -189,16 +238,52 @@ def _reattach(record: SubmissionRecord, job: JobConfig) -> Any | None:
     except Exception:  # noqa: BLE001 - a missing or unreadable experiment folder means: resubmit
         return None
     state, _, _ = _state(exp)
-    return exp if state in ACTIVE else None
+    # A scheduler that does not answer now says nothing about the job: wait for it, never resubmit.
+    return exp if state in ACTIVE or state == UNANSWERED else None
+
+
+class SchedulerSilent(RuntimeError):
+    """The scheduler gave no state for a job for UNANSWERED_LIMIT_SECONDS; the job may still run."""
+
+
+def _state_when_answered(
+    exp: Any, job_id: str | None, local_dir: str | None, on_line: Callable[[str], None],
+    complaints: _SchedulerComplaints,
+) -> tuple[str, str | None, str | None]:
+    """Ask again, with backoff, until the scheduler gives a state: one log line per question."""
+    first, cap = UNANSWERED_BACKOFF
+    started = time.monotonic()
+    asked = 0
+    state = UNANSWERED
+    while state == UNANSWERED:
+        silent_for = time.monotonic() - started
+        if silent_for > UNANSWERED_LIMIT_SECONDS:
+            raise SchedulerSilent(
+                f"the scheduler gave no state for job {job_id} for {silent_for:.0f} s ({complaints.reason}); "
+                "the job may still run: the stage's retry or a rerun re-attaches to it"
+            )
+        delay = min(cap, first * 2**asked)
+        asked += 1
+        on_line(
+            f"the scheduler did not answer about job {job_id} ({complaints.reason}); asking again in {delay:.0f} s"
+        )
+        time.sleep(delay)
+        state, job_id, local_dir = _state(exp, complaints)
+    on_line(f"the scheduler answers again: job {job_id} is {state} (silent for {time.monotonic() - started:.0f} s)")
+    return state, job_id, local_dir
 
 
 def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool, profile: _Profile) -> JobOutcome:
-    state, job_id, local_dir = _state(exp)
+    complaints = _SchedulerComplaints()
+    state, job_id, local_dir = _state(exp, complaints)
     tail = LogTail(local_dir, on_line)
-    while state in ACTIVE:
+    while state in ACTIVE or (state == UNANSWERED and profile.job_outlives_submitter):
+        if state == UNANSWERED:
+            state, job_id, local_dir = _state_when_answered(exp, job_id, local_dir, on_line, complaints)
+            continue
         time.sleep(POLL_SECONDS)
         tail.poll()
-        state, job_id, local_dir = _state(exp)
+        state, job_id, local_dir = _state(exp, complaints)
         tail.folder = Path(local_dir) if local_dir else tail.folder
     if not profile.job_outlives_submitter:
         # torchx's local scheduler closes the job's combined.log (joining the thread that copies

@@ -160,6 +160,32 @@ def stop_slurm(folder: Path) -> list[str]:
     return stopped
 
 
+#: The daemons `restart_daemon` can bounce: what each runs as, and the config key of its port.
+RESTARTABLE = {"slurmctld": ("SlurmctldPort", "slurm.conf"), "slurmdbd": ("DbdPort", "slurmdbd.conf")}
+
+
+def stop_daemon(folder: Path, name: str) -> bool:
+    """Stop one daemon of the cluster (a controller crash, an upgrade); True if it ran."""
+    if name not in RESTARTABLE:
+        raise DevServiceError(f"{name}: only {', '.join(RESTARTABLE)} can be stopped alone")
+    return stop_pid(_Layout(folder).pid_file(name), name)
+
+
+def start_daemon_again(folder: Path, name: str, *, timeout: float = 60) -> None:
+    """Start a daemon stopped by stop_daemon with its config, state and port unchanged, and wait
+    until it answers: slurmctld recovers its jobs from StateSaveLocation, slurmdbd from MariaDB."""
+    if name not in RESTARTABLE:
+        raise DevServiceError(f"{name}: only {', '.join(RESTARTABLE)} can be started alone")
+    layout = _Layout(folder)
+    key, conf = RESTARTABLE[name]
+    settings = dict(line.split("=", 1) for line in (layout.etc / conf).read_text().splitlines() if "=" in line)
+    port = int(settings[key])
+    program = require_command(name, INSTALL_HINT)
+    argv = [program, "-D"] if name == "slurmdbd" else [program, "-D", "-f", str(layout.slurm_conf)]
+    env = dict(os.environ, SLURM_CONF=str(layout.slurm_conf))
+    _start(layout, name, argv, env, ready=lambda: port_answers(port), timeout=timeout)
+
+
 def _make_fake_gpus(layout: _Layout, count: int) -> list[Path]:
     """Character devices standing in for GPUs: Slurm's gres/gpu plugin rejects plain files.
 
