@@ -22,6 +22,7 @@ store's credentials reach jobs as secret env vars (job_secret_env), never in the
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -49,6 +50,18 @@ REF_PATTERN = re.compile(r"^(?:art://)?(?P<name>[A-Za-z0-9_.-]+)(?::(?P<version>
 
 class ArtifactError(Exception):
     """An artifact is missing, of the wrong type, or its files do not match its manifest."""
+
+
+class StoreFull(ArtifactError):
+    """The store's device (or quota) is full. Not retried: waiting frees no space."""
+
+
+#: Error numbers of a write that found no room: the device is full, or the user's quota is.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space_left(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in NO_SPACE
 
 
 class ArtifactVersion(BaseModel):
@@ -267,15 +280,35 @@ class ArtifactStore:
                 metrics=manifest.metrics,
                 inputs=[i.model_dump() for i in manifest.inputs],
             )
-            if self._create_exclusive(self._path("_registry", name, f"v{number}.json"), record.model_dump_json(indent=2)):
+            version_file = self._path("_registry", name, f"v{number}.json")
+            try:
+                if not self._create_exclusive(version_file, record.model_dump_json(indent=2)):
+                    continue
+            except OSError as error:
+                if no_space_left(error):
+                    raise self._full(name, output_url, error) from error
+                raise
+            try:
                 self._write_latest(name, record)
-                return record
+            except OSError as error:
+                if not no_space_left(error):
+                    raise
+                # No version that `latest` does not name: take ours back (nobody resolves it by
+                # number yet; the rerun publishes it again).
+                self.fs.rm_file(version_file)
+                raise self._full(name, output_url, error) from error
+            return record
+
+    def _full(self, name: str, output_url: str, error: OSError) -> StoreFull:
+        return StoreFull(
+            f"no space left in the artifact store {self.root} to publish artifact {name} ({output_url}): "
+            f"{error.strerror}; its registry and `latest` are unchanged"
+        )
 
     def _create_exclusive(self, path: str, text: str) -> bool:
         self.fs.makedirs(str(Path(path).parent), exist_ok=True)
         if self.is_local:
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            Path(tmp).write_text(text)
+            tmp = _write_temp(path, text)
             try:
                 os.link(tmp, path)  # fails if another publisher took this version first
                 return True
@@ -314,9 +347,7 @@ class ArtifactStore:
     def _write_atomic(self, path: str, text: str) -> None:
         self.fs.makedirs(str(Path(path).parent), exist_ok=True)
         if self.is_local:
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            Path(tmp).write_text(text)
-            os.replace(tmp, path)
+            os.replace(_write_temp(path, text), path)
         else:
             self.fs.pipe_file(path, text.encode())
 
@@ -369,6 +400,19 @@ class ArtifactStore:
         with _exclusive_flock(local_work_dir(work_url) / JOB_LOCK, waiting, on_wait, waited=waited):
             pass  # held by nobody now: released at once
         return waited[0] if waited else None
+
+
+def _write_temp(path: str, text: str) -> str:
+    """A temporary file beside `path` holding `text`; none is left behind when writing fails
+    (a full disk): the store keeps no half-written files."""
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        Path(tmp).write_text(text)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pydantic import BaseModel
 
 from blocks.settings import WandbConfig
 from recipes.nano3.runtime import PROGRESS_PREFIX
-from tasks.artifacts import ArtifactError, ArtifactStore, ArtifactVersion
+from tasks.artifacts import NO_SPACE, ArtifactError, ArtifactStore, ArtifactVersion, StoreFull, no_space_left
 from tasks.cache_key import compute_cache_key
 from tasks.job_config import JobConfig
 from tasks.submit import JobOutcome, submit_and_wait
@@ -148,6 +149,26 @@ def _publish(prepared: PreparedStage, store: ArtifactStore) -> ArtifactVersion:
     return store.publish(prepared.job.stage.artifact, prepared.output_url, manifest, cache_key=prepared.cache_key)
 
 
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition: a failed job is retried, a full store is not (no space frees
+    itself while Prefect waits)."""
+    return not isinstance(state.result(raise_on_failure=False), StoreFull)
+
+
+def _store_full(prepared: PreparedStage, store: ArtifactStore, cause: str) -> StoreFull:
+    return StoreFull(
+        f"{prepared.stage_id}: no space left for artifact {prepared.job.stage.artifact} in the artifact store "
+        f"{store.root} ({cause}); nothing was published for it, its registry and `latest` are unchanged. "
+        "Free space and rerun: the stages that finished are not redone"
+    )
+
+
+def _job_out_of_space(outcome: JobOutcome) -> str | None:
+    """The job's own last word when it stopped for want of space (Python's `OSError: [Errno 28] …`)."""
+    found = [line for line in outcome.log_tail if any(os.strerror(n) in line for n in NO_SPACE)]
+    return found[-1].strip() if found else None
+
+
 STAGE_TASK_OPTIONS: dict[str, Any] = dict(
     name="nano3-stage",
     task_run_name="{prepared.stage_id}",
@@ -156,6 +177,7 @@ STAGE_TASK_OPTIONS: dict[str, Any] = dict(
     retries=2,
     retry_delay_seconds=exponential_backoff(backoff_factor=5),
     retry_jitter_factor=0.2,
+    retry_condition_fn=_worth_retrying,
 )
 
 
@@ -214,6 +236,8 @@ def _submit_until_done(prepared: PreparedStage, store: ArtifactStore, wandb: Wan
         # A time limit is progress, not a failure: the next job resumes from the checkpoint.
         logger.info(f"{prepared.stage_id}: job {outcome.job_id} reached its time limit; submitting job {chained + 1}")
     if store.read_manifest(prepared.output_url) is None:
+        if cause := _job_out_of_space(outcome):
+            raise _store_full(prepared, store, f"job {outcome.job_id}: {cause}")
         tail = "\n".join(outcome.log_tail[-20:])
         raise StageFailed(
             f"{prepared.stage_id}: job {outcome.job_id} ended {outcome.state} without a manifest; last log lines:\n{tail}"
@@ -235,13 +259,18 @@ def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig
     status: Literal["ran", "cached", "reattached"] = "cached"
     # Held through publishing: a second identical run waits, then finds the manifest and the
     # version this one published, instead of submitting a job into the same work folder.
-    with store.claim(prepared.cache_key, on_wait=logger.info):
-        if store.read_manifest(prepared.output_url) is None:
-            import_wandb_in_background(wandb)
-            status = _submit_until_done(prepared, store, wandb)
-        else:
-            logger.info(f"{prepared.stage_id}: output for cache key {prepared.cache_key} exists; verifying")
-        artifact = _publish(prepared, store)
+    try:
+        with store.claim(prepared.cache_key, on_wait=logger.info):
+            if store.read_manifest(prepared.output_url) is None:
+                import_wandb_in_background(wandb)
+                status = _submit_until_done(prepared, store, wandb)
+            else:
+                logger.info(f"{prepared.stage_id}: output for cache key {prepared.cache_key} exists; verifying")
+            artifact = _publish(prepared, store)
+    except OSError as error:  # the orchestrator's own writes: config, record, registry
+        if no_space_left(error):
+            raise _store_full(prepared, store, str(error)) from error
+        raise
     publish_stage_artifacts(prepared.stage_id, artifact, prepared.inputs, status)
     describe_asset_materialization(artifact)
     mirror_to_wandb(wandb, prepared.stage_id, artifact, prepared.inputs, store_wandb_dir(store))

@@ -2,7 +2,8 @@
 lives in the checkpoint, so a resumed job continues where the last complete checkpoint left off.
 
 Writes model.json; the manifest's metadata says which step this job resumed from.
-`fail_at` makes it exit 3 at that step once (a marker in work_dir remembers), `sleep` slows it down.
+`fail_at` makes it exit 3 at that step once (a marker in work_dir remembers), `sleep` slows it down,
+`pad_kb` adds a file of that many KiB to the output (a model too large for a full disk).
 """
 
 import json
@@ -37,6 +38,8 @@ def main() -> None:
         runtime.mark_checkpoint_complete(path)
         runtime.prune_checkpoints(ctx.work_dir)
         runtime.progress(step, cfg.steps, weight=state["weight"])
+    if cfg.pad_kb:
+        (ctx.output_dir / "pad.bin").write_bytes(b"\0" * 1024 * cfg.pad_kb)
     (ctx.output_dir / "model.json").write_text(json.dumps(state))
     runtime.finish(ctx, "checkpoint_hf", metrics={"weight": state["weight"]}, metadata={"resumed_from": resumed_from})
 
