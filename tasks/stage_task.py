@@ -107,34 +107,78 @@ class StageCachePolicy(CachePolicy):
         return f"nano3-{prepared.cache_key}-{where}"
 
 
+#: Seconds a stage waits, after a progress update the Prefect server did not take, before it
+#: tries again (the updates in between are skipped).
+PROGRESS_RETRY_SECONDS = 10.0
+
+
 class ProgressReporter:
-    """Turns the recipe's progress lines into a Prefect progress artifact; logs every other line."""
+    """Turns the recipe's progress lines into a Prefect progress artifact; logs every other line.
+
+    Progress is best effort: the job goes on whether or not the Prefect server hears of it. While
+    the server (or its database) is down or restarting, an update it does not take is skipped,
+    with one warning for the whole outage, and the next try comes PROGRESS_RETRY_SECONDS later;
+    the first update that reaches the server again brings the artifact up to date. Each update is
+    sent once, without the client's retries (a minute of backoff while the server is down): the
+    job's log lines and its end wait behind it, and a failed update must not fail the stage (its
+    retry would submit the job a second time).
+    """
 
     def __init__(self, stage_id: str) -> None:
         self.stage_id = stage_id
         self.logger = get_run_logger()
         self.artifact_id: Any = None
-        self.last_percent = -1.0
+        #: The progress the server last took, in percent (None: none yet).
+        self.last_percent: float | None = None
+        #: When an update first failed to reach the server (None: the server has them all).
+        self.unreachable_since: float | None = None
+        self.next_try = 0.0
 
     def __call__(self, line: str) -> None:
         if not line.startswith(PROGRESS_PREFIX):
             self.logger.info(line)
             return
-        from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
         update = json.loads(line[len(PROGRESS_PREFIX):])
-        percent = round(100.0 * update["step"] / max(1, update["total"]), 1)
-        if self.artifact_id is None:
-            from tasks.lineage import artifact_key
-
-            self.artifact_id = create_progress_artifact(
-                progress=percent, key=artifact_key(self.stage_id, "progress"), description=f"{self.stage_id} progress"
-            )
-        elif percent != self.last_percent:
-            update_progress_artifact(self.artifact_id, progress=percent)
-        self.last_percent = percent
+        self._send(round(100.0 * update["step"] / max(1, update["total"]), 1))
         metrics = ", ".join(f"{k}={v}" for k, v in update.items() if k not in ("step", "total", "time"))
         self.logger.info(f"step {update['step']}/{update['total']} {metrics}".rstrip())
+
+    def _send(self, percent: float) -> None:
+        """Create or update the progress artifact, unless the server has this value or is out of reach."""
+        if percent == self.last_percent or time.monotonic() < self.next_try:
+            return
+        import httpx
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+        try:
+            with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+                if self.artifact_id is None:
+                    from tasks.lineage import artifact_key
+
+                    self.artifact_id = create_progress_artifact(
+                        progress=percent, key=artifact_key(self.stage_id, "progress"),
+                        description=f"{self.stage_id} progress",
+                    )
+                else:
+                    update_progress_artifact(self.artifact_id, progress=percent)
+        except (httpx.HTTPError, OSError) as exc:
+            self.next_try = time.monotonic() + PROGRESS_RETRY_SECONDS
+            if self.unreachable_since is None:
+                self.unreachable_since = time.monotonic()
+                reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                self.logger.warning(
+                    f"{self.stage_id}: progress not sent to the Prefect server ({reason}); the job goes on, "
+                    f"progress updates are skipped until the server answers"
+                )
+            return
+        if self.unreachable_since is not None:
+            self.logger.info(
+                f"{self.stage_id}: the Prefect server answers again after "
+                f"{time.monotonic() - self.unreachable_since:.0f} s; progress resumes at {percent:g}%"
+            )
+            self.unreachable_since = None
+        self.last_percent = percent
 
 
 def _publish(prepared: PreparedStage, store: ArtifactStore) -> ArtifactVersion:
