@@ -29,6 +29,7 @@ import json
 import os
 import re
 import socket
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -41,6 +42,7 @@ from pydantic import BaseModel, Field
 from blocks.errors import ConfigError
 from blocks.settings import ArtifactsConfig
 from recipes.nano3.manifest import MANIFEST_NAME, Manifest
+from recipes.nano3.outage import through_outages
 from recipes.nano3.runtime import ENDPOINT_VAR, JOB_LOCK, local_work_dir, scratch_path
 
 #: Artifact types whose .jsonl files are records, one JSON object per line (check_input).
@@ -103,8 +105,10 @@ class ArtifactStore:
             root = str(Path(root).expanduser().resolve())
         self.root = root.rstrip("/")
         self.storage_options = dict(storage_options or {})
-        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **self.storage_options)
-        self.is_local = self.fs.protocol in ("file", "local") or "file" in self.fs.protocol
+        fs, self._root_path = fsspec.core.url_to_fs(self.root, **self.storage_options)
+        self.is_local = fs.protocol in ("file", "local") or "file" in fs.protocol
+        # A remote store may restart under a run: every call to it rides out the outage.
+        self.fs = fs if self.is_local else _ThroughOutages(fs)
 
     def __repr__(self) -> str:  # never the storage options: they hold credentials
         return f"ArtifactStore({self.root!r})"
@@ -158,8 +162,7 @@ class ArtifactStore:
             self._fresh(p)
         if not fs.exists(p):
             return None
-        with fs.open(p, "rb") as handle:
-            return Manifest.model_validate_json(handle.read())
+        return Manifest.model_validate_json(fs.cat_file(p))  # one call: retried whole through an outage
 
     def verify(self, name: str, output_url: str, manifest: Manifest) -> None:
         """Recompute every file's sha256; the first mismatch is an error naming artifact and file."""
@@ -231,8 +234,7 @@ class ArtifactStore:
         self._fresh(path)
         if not self.fs.exists(path):
             return None
-        with self.fs.open(path, "rb") as handle:
-            return json.loads(handle.read())
+        return json.loads(self.fs.cat_file(path))
 
     def version(self, name: str, version: str) -> ArtifactVersion | None:
         data = self._read_json(self._path("_registry", name, f"{version}.json"))
@@ -282,8 +284,14 @@ class ArtifactStore:
             )
             version_file = self._path("_registry", name, f"v{number}.json")
             try:
-                if not self._create_exclusive(version_file, record.model_dump_json(indent=2)):
-                    continue
+                created = self._create_exclusive(version_file, record.model_dump_json(indent=2))
+                if not created:
+                    taken = self.version(name, f"v{number}")
+                    if taken is None or (taken.digest, taken.uri) != (manifest.digest, output_url):
+                        continue
+                    # Ours: a write the store made although its answer was lost in an outage, or
+                    # an identical publisher's. One version per content, either way.
+                    record = taken
             except OSError as error:
                 if no_space_left(error):
                     raise self._full(name, output_url, error) from error
@@ -295,7 +303,8 @@ class ArtifactStore:
                     raise
                 # No version that `latest` does not name: take ours back (nobody resolves it by
                 # number yet; the rerun publishes it again).
-                self.fs.rm_file(version_file)
+                if created:
+                    self.fs.rm_file(version_file)
                 raise self._full(name, output_url, error) from error
             return record
 
@@ -400,6 +409,39 @@ class ArtifactStore:
         with _exclusive_flock(local_work_dir(work_url) / JOB_LOCK, waiting, on_wait, waited=waited):
             pass  # held by nobody now: released at once
         return waited[0] if waited else None
+
+
+class _ThroughOutages:
+    """A remote file system whose every call is tried again while the store cannot be reached
+    (recipes.nano3.outage), saying so in the run's log."""
+
+    def __init__(self, fs: Any) -> None:
+        self._fs = fs
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._fs, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            what = f"{name} {args[0]}" if args and isinstance(args[0], str) else name
+            return through_outages(lambda: attribute(*args, **kwargs), what=what, tell=_tell)
+
+        return call
+
+
+def _tell(message: str) -> None:
+    """A warning in the Prefect run's log when there is one, else on stderr."""
+    if "prefect" in sys.modules:
+        from prefect.exceptions import MissingContextError
+        from prefect.logging import get_run_logger
+
+        try:
+            get_run_logger().warning(message)
+            return
+        except MissingContextError:
+            pass
+    print(message, file=sys.stderr, flush=True)
 
 
 def _write_temp(path: str, text: str) -> str:

@@ -55,6 +55,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from recipes.nano3.manifest import MANIFEST_NAME, FileEntry, InputRef, Manifest
+from recipes.nano3.outage import through_outages
 
 PROGRESS_PREFIX = "NANO3_PROGRESS "
 CHECKPOINT_DONE = "COMPLETE"
@@ -178,7 +179,9 @@ def fetch_input(name: str, ref: InputRef) -> Path:
     fs, base = remote_fs(ref.path)
     label = f"input '{name}' ({ref.name}:{ref.version})"
     try:
-        manifest = Manifest.model_validate_json(fs.cat_file(f"{base}/{MANIFEST_NAME}"))
+        manifest = Manifest.model_validate_json(
+            through_outages(lambda: fs.cat_file(f"{base}/{MANIFEST_NAME}"), what=f"{label} manifest", tell=_say)
+        )
     except FileNotFoundError:
         raise SystemExit(f"error: {label}: no {MANIFEST_NAME} at {ref.path}") from None
     if manifest.digest != ref.digest:
@@ -190,7 +193,9 @@ def fetch_input(name: str, ref: InputRef) -> Path:
         for entry in manifest.files:
             target = tmp / entry.path
             target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(f"{base}/{entry.path}", str(target))
+            through_outages(
+                lambda: fs.get_file(f"{base}/{entry.path}", str(target)), what=f"{label} {entry.path}", tell=_say
+            )
             if target.stat().st_size != entry.size or sha256_file(target) != entry.sha256:
                 raise SystemExit(f"error: {label}: file {entry.path} does not match its manifest (corrupted in the store?)")
         (tmp / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
@@ -206,13 +211,20 @@ def fetch_input(name: str, ref: InputRef) -> Path:
 
 
 def upload_output(ctx: RecipeContext, manifest: Manifest) -> None:
-    """Copy the staged outputs to ctx.output_url, manifest.json last: its presence means finished."""
+    """Copy the staged outputs to ctx.output_url, manifest.json last: its presence means finished.
+
+    Each file is tried again through an outage of the store (recipes.nano3.outage): a restart
+    of the object store delays the upload instead of failing the job."""
     assert ctx.output_url is not None
     fs, base = remote_fs(ctx.output_url)
     base = base.rstrip("/")
-    for entry in manifest.files:
-        fs.put_file(str(ctx.output_dir / entry.path), f"{base}/{entry.path}")
-    fs.put_file(str(ctx.output_dir / MANIFEST_NAME), f"{base}/{MANIFEST_NAME}")
+    for name in [entry.path for entry in manifest.files] + [MANIFEST_NAME]:
+        source, target = str(ctx.output_dir / name), f"{base}/{name}"
+        through_outages(lambda: fs.put_file(source, target), what=f"upload of {name}", tell=_say)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 # --- local jobs and their orchestrator --------------------------------------------------------

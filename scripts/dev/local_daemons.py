@@ -73,7 +73,10 @@ def free_port_pairs(count: int, offset: int) -> list[int]:
 
 
 def port_is_free(port: int) -> bool:
+    """Nobody listens on `port`. A port a stopped server left in TIME_WAIT counts as free: servers
+    set SO_REUSEADDR, so a restarted one gets it back."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
             return True
