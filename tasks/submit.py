@@ -222,6 +222,14 @@ def leaving_without_waiting_when_stopped(exp: Any) -> Iterator[None]:
         raise
 
 
+def _job_id(exp: Any) -> str | None:
+    """The scheduler's id of the experiment's job, from its handle (`scheme://runner/id`), without
+    asking the scheduler: known the moment the job is submitted."""
+    handle = getattr(exp.jobs[0], "handle", "") if exp.jobs else ""
+    parts = handle.partition("://")[2].split("/")
+    return parts[1] if len(parts) > 1 and parts[1] else None
+
+
 def _reattach(record: SubmissionRecord, job: JobConfig) -> Any | None:
     """The experiment of a previous submission if its job is still active and can be followed.
 
@@ -342,20 +350,23 @@ def submit_and_wait(
             leaving_without_waiting_when_stopped(exp),
         ):
             exp.add(recipe_task(job, str(config_file)), name=job.stage.slug)
+            record = SubmissionRecord(
+                cache_key=cache_key,
+                stage=job.stage.id,
+                executor=job.profile.executor,
+                experiment_id=exp._id,
+                job_id=None,
+                submitted=_now(),
+                attempt=(previous.attempt + 1) if previous else 1,
+            )
+            # Recorded before the job exists, completed the moment it does: an orchestrator killed
+            # in between leaves a rerun the experiment to re-open (NeMo-Run saves its job handle
+            # right after submitting), never an unrecorded job to submit again.
+            store.write_record(record)
             with keeping_signal_handlers():
                 exp.run(detach=True)
+            store.write_record(record.model_copy(update={"job_id": _job_id(exp), "submitted": _now()}))
             state, job_id, _ = _state(exp)
-            store.write_record(
-                SubmissionRecord(
-                    cache_key=cache_key,
-                    stage=job.stage.id,
-                    executor=job.profile.executor,
-                    experiment_id=exp._id,
-                    job_id=job_id,
-                    submitted=_now(),
-                    attempt=(previous.attempt + 1) if previous else 1,
-                )
-            )
             if detached:
                 return JobOutcome(state, exp._id, job_id, False, [])
             # Waiting inside the block: leaving it makes NeMo-Run wait on local jobs itself.

@@ -112,13 +112,15 @@ def test_a_killed_orchestrator_reattaches_to_its_running_job(cluster, store: Art
     )
     runs = Path(store.root, "_runs")
     deadline = time.monotonic() + 120
-    while not list(runs.glob("*.json")):
+    # The record is written before the job is submitted, and gets the job's id the moment sbatch
+    # answers: kill then, before the orchestrator has asked the scheduler anything.
+    while not (records := [json.loads(p.read_text()) for p in runs.glob("*.json")]) or not records[0]["job_id"]:
         assert orchestrator.poll() is None and time.monotonic() < deadline, "no submission recorded"
-        time.sleep(0.5)
-    (record_file,) = runs.glob("*.json")
-    record = json.loads(record_file.read_text())
+        time.sleep(0.05)
     orchestrator.send_signal(signal.SIGKILL)
     orchestrator.wait()
+    (record_file,) = runs.glob("*.json")
+    (record,) = records
     # The job is Slurm's, not a child of the killed process: it keeps running.
     assert squeue_state(cluster, record["job_id"]) in {"PENDING", "RUNNING"}
     (result,) = slurm_toy_flow([slurm_job(PRODUCE, job_dir(isolated), *overrides)], store)
