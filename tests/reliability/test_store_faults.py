@@ -102,6 +102,7 @@ def test_a_publish_waits_for_the_store_to_come_back(s3_server: S3Server, capsys:
     assert "the artifact store answers again after" in told
 
 
+@pytest.mark.slow
 def test_a_job_uploading_through_a_store_restart_is_neither_failed_nor_repeated(
         s3_server: S3Server, isolated: Path, prefect_api: str) -> None:
     settings, store = s3_store(s3_server)
@@ -192,6 +193,7 @@ def test_a_publish_on_a_full_store_names_it_and_changes_nothing(small_disk: Path
     assert store.latest("made").digest == second.digest  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_a_full_store_fails_the_stage_once_and_the_rerun_after_freeing_space_finishes(
         small_disk: Path, tmp_path: Path, prefect_api: str) -> None:
     sandbox = Sandbox(tmp_path, prefect_api)
