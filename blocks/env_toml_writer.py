@@ -146,7 +146,7 @@ def _stand_ins_for_unset_variables(text: str) -> Iterator[None]:
 
 def validate_env_file(env: EnvFile) -> list[tuple[str, str]]:
     """What `profiles list` and every run check: reserved sections and each runnable profile."""
-    from blocks.profile_blocks import check_reserved_sections
+    from blocks.profile_lookup import check_reserved_sections
     from blocks.profiles import parse_profile
 
     check_reserved_sections(env)

@@ -26,8 +26,6 @@ from pydantic import (
     model_validator,
 )
 
-from prefect.types import SecretDict
-
 from blocks.errors import ConfigError, did_you_mean
 
 #: Env var names whose values are secrets (the seeds' rule): they move to `secret_env_vars`.
@@ -66,6 +64,12 @@ class FieldProblem(Exception):
 PackagerKind = Literal["recipes", "git", "pattern", "hybrid", "none"]
 
 
+class SecretEnvVars(Secret[dict[str, Any]]):
+    """A table of secret values, shown as one masked value. Prefect's SecretDict, without
+    importing Prefect to parse a profile (seconds of every dry-run, docs/performance.md): its
+    block marks every value under it secret (blocks/profile_blocks.py), as under a SecretDict."""
+
+
 class _Profile(BaseModel):
     """Keys every executor understands."""
 
@@ -74,9 +78,9 @@ class _Profile(BaseModel):
 
     executor: str
     env_vars: dict[str, str] = Field(default_factory=dict, description="Environment of the job.")
-    # Prefect's SecretDict: a block obscures every value under it (a dict of SecretStr it does not).
-    secret_env_vars: SecretDict = Field(
-        default_factory=lambda: SecretDict({}),
+    # A block obscures every value under it (a dict of SecretStr it does not).
+    secret_env_vars: SecretEnvVars = Field(
+        default_factory=lambda: SecretEnvVars({}),
         description="Env vars whose names look secret (KEY, TOKEN, SECRET, PASSWORD, CREDENTIAL); "
         "filled from `env_vars` automatically.",
     )

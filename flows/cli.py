@@ -77,7 +77,7 @@ def profiles_list(
         from blocks.profiles import parse_profile
 
         env = _env_file_or_fail(env_file)
-        from blocks.profile_blocks import check_reserved_sections
+        from blocks.profile_lookup import check_reserved_sections
 
         check_reserved_sections(env)
         for name in env.profile_names:
@@ -110,7 +110,7 @@ def profiles_show(
     import yaml
 
     from blocks.env_toml import load_env_file
-    from blocks.profile_blocks import resolve_profile
+    from blocks.profile_lookup import resolve_profile
 
     resolved = resolve_profile(name, load_env_file(Path(env_file)) if env_file else True)
     data = resolved.profile.model_dump(mode="json")

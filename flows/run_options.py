@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from blocks.env_toml import EnvFile, discover_env_file
 from blocks.errors import ConfigError, did_you_mean
-from blocks.profile_blocks import (
+from blocks.profile_lookup import (
     ResolvedProfile,
     check_reserved_sections,
     resolve_artifacts,

@@ -56,6 +56,14 @@ def test_a_dry_run_loads_nemo_run_but_not_what_planning_never_uses(isolated: Pat
     assert not modules & {"torch", "chardet"}
 
 
+def test_a_dry_run_of_a_profile_in_env_toml_does_not_import_prefect(isolated: Path) -> None:
+    """The profile models carry no Prefect type and the block lookup runs only for a profile
+    env.toml does not have: Prefect is seconds of a dry-run's start-up."""
+    write_env(isolated, '[cluster]\nexecutor = "slurm"\naccount = "a"\npartition = "p"\nenv_vars = {HF_TOKEN = "t0ken"}\n')
+    for args in (["nano3", "pretrain", "-c", "tiny", "-r", "cluster", "-d"], ["nano3", "pipe", "-b", "cluster", "-d"]):
+        assert "prefect" not in loaded(args, isolated), args
+
+
 def test_keeping_them_out_changes_nothing_in_the_plan(isolated: Path) -> None:
     """The same dry-run in a process that imported torch first (so nothing is kept out)."""
     write_env(isolated, '[cluster]\nexecutor = "slurm"\naccount = "a"\npartition = "p"\ngpus_per_node = 8\n')

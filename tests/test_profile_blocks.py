@@ -15,8 +15,8 @@ from blocks.profile_blocks import (
     block_name,
     list_profile_blocks,
     push_env_file,
-    resolve_profile,
 )
+from blocks.profile_lookup import resolve_profile
 from blocks.errors import ConfigError
 from blocks.profiles import parse_profile
 from tests.conftest import write_env
@@ -127,3 +127,18 @@ def test_bad_env_toml_pushes_nothing(isolated: Path, prefect_server: Path) -> No
     with get_client(sync_client=True) as client:
         names = {d.name for d in client.read_block_documents_by_type("nano3-execution-profile")}
     assert "fresh" not in names
+
+
+def test_secret_env_vars_are_secret_in_the_block_schema_as_a_secret_dict() -> None:
+    """The profile models use their own SecretEnvVars (no Prefect import to parse a profile); the
+    block marks every value under it secret and its schema (so the block's checksum) is the one
+    Prefect's SecretDict gives."""
+    from pydantic import TypeAdapter
+    from prefect.types import SecretDict
+
+    from blocks.profiles import SecretEnvVars
+
+    assert TypeAdapter(SecretEnvVars).json_schema() == TypeAdapter(SecretDict).json_schema()
+    secret_fields = ExecutionProfileBlock.model_json_schema()["secret_fields"]
+    assert "profile.secret_env_vars.*" in secret_fields and "profile.secret_env_vars" not in secret_fields
+    assert {"profile.identity_passphrase", "profile.client_secret", "profile.token"} <= set(secret_fields)

@@ -51,7 +51,7 @@ def _store() -> Any:
 def _flow_runs(limit: int, ident: str | None = None) -> list[tuple[Any, str]] | None:
     """(flow run, flow name) of the nano3 flows, newest first; None when there is no Prefect API
     to ask (asking would start a temporary server only to find an empty database)."""
-    from blocks.profile_blocks import block_store_configured, prefect_api
+    from blocks.profile_lookup import block_store_configured, prefect_api
 
     if not block_store_configured():
         return None
@@ -214,7 +214,7 @@ def _print_flow_run_logs(flow_run: Any) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    from blocks.profile_blocks import prefect_api
+    from blocks.profile_lookup import prefect_api
 
     with prefect_api(), get_client(sync_client=True) as client:
         for entry in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id]))):

@@ -64,7 +64,7 @@ def job_dir(isolated: Path) -> Path:
 def run_flow(jobs: list[JobConfig], settings: ArtifactsConfig | None = None) -> list:
     """The stages in one flow that opens its store inside, as the nano3 flow does: from the given
     [artifacts] settings, else from the ArtifactStore block. Credentials are never a flow parameter."""
-    from blocks.profile_blocks import ResolvedProfile, resolve_artifacts
+    from blocks.profile_lookup import ResolvedProfile, resolve_artifacts
     from flows.pipeline import execute_stages
 
     @flow
