@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from recipes.nano3.data_prep import fast_bpe
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
@@ -72,6 +74,12 @@ SHARDS_PER_WORKER = 8
 #: No shard smaller than this: each costs a file pair and a task.
 MIN_SHARD_BYTES = 256 << 10
 ENGINES = ("process", "ray")
+#: Which BPE engine encodes: `auto` the fast one (fast_bpe.py) where it proves it gives HF
+#: tokenizers' ids, else HF tokenizers; `hf` HF tokenizers always.
+BPE_ENGINES = ("auto", "hf")
+#: The input the fast engine is checked on before it is used: this much text from each of a few
+#: places of the file (with fast_bpe.EDGE_CASES).
+SAMPLE_BYTES, SAMPLE_PLACES = 64 << 10, 4
 
 Progress = Callable[[int, int], None]  # (documents, tokens) so far
 
@@ -268,14 +276,21 @@ def encode_range(
     threads: int = 1,
     batch_bytes: int = BATCH_BYTES,
     on_progress: Progress = lambda documents, tokens: None,
+    fast: fast_bpe.FastBPE | None = None,
 ) -> Counts:
-    """Encode the lines of `path` that start in [start, end) into `<prefix>.bin/.idx` on `threads` threads."""
+    """Encode the lines of `path` that start in [start, end) into `<prefix>.bin/.idx` on `threads`
+    threads, with `fast` where given (one `select` has proven it gives `tok`'s ids), else `tok`."""
     eos_id = tok.token_to_id(eos)
     if eos_id is None:
         raise SystemExit(f"error: the tokenizer has no token {eos!r} to end documents with")
     writer = IndexedDatasetWriter(prefix, token_dtype(tok.get_vocab_size()))
 
     def encode_one(texts: list[str]) -> Encoded:
+        if fast is not None:
+            try:
+                return fast.encode_documents(texts, eos_id, writer.dtype)
+            except UnicodeEncodeError:  # a lone surrogate: HF's way with it (an error), not another
+                pass
         return encode_texts(tok, texts, eos_id, writer.dtype)
 
     with serial_tokenizer():
@@ -294,33 +309,35 @@ class Shard:
     eos: str
     batch_bytes: int
     threads: int = 1
+    fast: bool = False  # the fast BPE engine, proven in the process that planned the shards
 
 
-#: The tokenizer of this worker process, parsed once for all the shards it encodes.
-_worker_tokenizer: dict[str, Tokenizer] = {}
+#: The tokenizer of this worker process (and its fast engine), built once for all the shards it encodes.
+_worker_tokenizer: dict[tuple[str, bool], tuple[Tokenizer, fast_bpe.FastBPE | None]] = {}
 
 
-def _use_tokenizer(tokenizer_json: str) -> Tokenizer:
-    if tokenizer_json not in _worker_tokenizer:
+def _use_tokenizer(tokenizer_json: str, fast: bool = False) -> tuple[Tokenizer, fast_bpe.FastBPE | None]:
+    if (tokenizer_json, fast) not in _worker_tokenizer:
         from tokenizers import Tokenizer
 
         _worker_tokenizer.clear()
-        _worker_tokenizer[tokenizer_json] = Tokenizer.from_str(tokenizer_json)
-    return _worker_tokenizer[tokenizer_json]
+        engine = fast_bpe.FastBPE.from_json(tokenizer_json) if fast else None
+        _worker_tokenizer[tokenizer_json, fast] = Tokenizer.from_str(tokenizer_json), engine
+    return _worker_tokenizer[tokenizer_json, fast]
 
 
 def _encode_shard(shard: Shard, tokenizer_json: str | None = None) -> Counts:
-    tok = _use_tokenizer(tokenizer_json) if tokenizer_json else next(iter(_worker_tokenizer.values()))
+    tok, fast = _use_tokenizer(tokenizer_json, shard.fast) if tokenizer_json else next(iter(_worker_tokenizer.values()))
     return encode_range(tok, Path(shard.path), shard.prefix, eos=shard.eos, start=shard.start, end=shard.end,
-                        threads=shard.threads, batch_bytes=shard.batch_bytes)
+                        threads=shard.threads, batch_bytes=shard.batch_bytes, fast=fast)
 
 
 def plan_shards(path: Path, prefix: Path | str, workers: int, shard_dir: Path, eos: str, batch_bytes: int,
-                threads: int = 1) -> list[Shard]:
+                threads: int = 1, fast: bool = False) -> list[Shard]:
     """SHARDS_PER_WORKER shards per worker, none under MIN_SHARD_BYTES, in input order."""
     count = max(1, min(workers * SHARDS_PER_WORKER, math.ceil(path.stat().st_size / MIN_SHARD_BYTES)))
     name = Path(prefix).name
-    return [Shard(str(path), a, b, str(shard_dir / f"{name}.{i:05d}"), eos, batch_bytes, threads)
+    return [Shard(str(path), a, b, str(shard_dir / f"{name}.{i:05d}"), eos, batch_bytes, threads, fast)
             for i, (a, b) in enumerate(line_ranges(path, count))]
 
 
@@ -346,18 +363,21 @@ def encode_with_processes(
     shard_dir: Path,
     batch_bytes: int = BATCH_BYTES,
     on_progress: Progress = lambda documents, tokens: None,
+    fast: fast_bpe.FastBPE | None = None,
 ) -> Counts:
     """`workers` threads in this process; beyond THREADS_PER_PROCESS, shards over a pool of processes."""
     processes = math.ceil(workers / THREADS_PER_PROCESS)
     threads = math.ceil(workers / processes)
-    shards = plan_shards(path, prefix, processes, shard_dir, eos, batch_bytes, threads) if processes > 1 else []
+    shards = plan_shards(path, prefix, processes, shard_dir, eos, batch_bytes, threads, fast is not None) if processes > 1 else []
     if len(shards) <= 1:
-        return encode_range(tok, path, prefix, eos=eos, threads=threads, batch_bytes=batch_bytes, on_progress=on_progress)
+        return encode_range(tok, path, prefix, eos=eos, threads=threads, batch_bytes=batch_bytes, on_progress=on_progress,
+                            fast=fast)
     shard_dir.mkdir(parents=True, exist_ok=True)
     documents = tokens = 0
     # spawn, not fork: this process may hold the tokenizer's threads (it may have just trained it).
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(processes, len(shards)), initializer=_use_tokenizer, initargs=(tok.to_str(),)) as pool:
+    with context.Pool(min(processes, len(shards)), initializer=_use_tokenizer,
+                      initargs=(tok.to_str(), fast is not None)) as pool:
         for counts in pool.imap(_encode_shard, shards):
             documents, tokens = documents + counts.documents, tokens + counts.tokens
             on_progress(documents, tokens)
@@ -397,11 +417,12 @@ def encode_with_ray(
     shard_dir: Path,
     batch_bytes: int = BATCH_BYTES,
     on_progress: Progress = lambda documents, tokens: None,
+    fast: fast_bpe.FastBPE | None = None,
 ) -> Counts:
     """Shards as Ray tasks of one CPU each, `workers` CPUs' worth of them at a time on a local Ray."""
     import ray
 
-    shards = plan_shards(path, prefix, workers, shard_dir, eos, batch_bytes)
+    shards = plan_shards(path, prefix, workers, shard_dir, eos, batch_bytes, fast=fast is not None)
     shard_dir.mkdir(parents=True, exist_ok=True)
     documents = tokens = 0
     with ray_cluster(workers):
@@ -427,15 +448,39 @@ def encode(
     shard_dir: Path | None = None,
     batch_bytes: int = BATCH_BYTES,
     on_progress: Progress = lambda documents, tokens: None,
+    bpe: str = "auto",
 ) -> Counts:
     """The engine's way to the same bytes; shard_dir defaults to `<prefix>.shards/`."""
     if engine not in ENGINES:
         raise SystemExit(f"error: encode.engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if workers < 1:
         raise SystemExit(f"error: encode.workers must be 1 or more, got {workers}")
+    fast = select_bpe(tok, path, bpe)
     run = encode_with_processes if engine == "process" else encode_with_ray
     return run(tok, path, prefix, eos=eos, workers=workers, shard_dir=shard_dir or Path(f"{prefix}.shards"),
-               batch_bytes=batch_bytes, on_progress=on_progress)
+               batch_bytes=batch_bytes, on_progress=on_progress, fast=fast)
+
+
+def sample_texts(path: Path) -> list[str]:
+    """About SAMPLE_BYTES of documents from each of SAMPLE_PLACES places of the input."""
+    sample: list[str] = []
+    for start, end in line_ranges(path, SAMPLE_PLACES):
+        sample += next(text_batches(path, start, end, SAMPLE_BYTES), [])
+    return sample
+
+
+def select_bpe(tok: Tokenizer, path: Path, bpe: str = "auto") -> fast_bpe.FastBPE | None:
+    """The fast engine where `bpe` allows it and it gives `tok`'s ids on the edge cases and a sample
+    of `path`, else None (HF tokenizers); one line says which and why."""
+    if bpe not in BPE_ENGINES:
+        raise SystemExit(f"error: encode.bpe must be one of {', '.join(BPE_ENGINES)}, got {bpe!r}")
+    if bpe == "hf":
+        fast, line = None, "tokenizer engine: HF tokenizers (asked for: bpe=hf)"
+    else:
+        with serial_tokenizer():
+            fast, line = fast_bpe.select(tok, sample_texts(path))
+    print(line, flush=True)
+    return fast
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -447,12 +492,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine", choices=ENGINES, default="process")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="cores: threads and processes, or Ray CPUs")
     parser.add_argument("--batch-bytes", type=int, default=BATCH_BYTES)
+    parser.add_argument("--bpe", choices=BPE_ENGINES, default="auto", help="auto: the fast BPE engine where proven equivalent")
     args = parser.parse_args(argv)
     from tokenizers import Tokenizer
 
     started = time.monotonic()
     counts = encode(Tokenizer.from_file(str(args.tokenizer)), args.input, args.output_prefix, eos=args.eos,
-                    engine=args.engine, workers=args.workers, batch_bytes=args.batch_bytes)
+                    engine=args.engine, workers=args.workers, batch_bytes=args.batch_bytes, bpe=args.bpe)
     seconds = time.monotonic() - started
     print(json.dumps({"documents": counts.documents, "tokens": counts.tokens, "seconds": round(seconds, 3)}))
 
