@@ -16,7 +16,9 @@ machine's load hits every path alike:
 - limit_batched: the same, but one `encode_batch` call per batch of JSONL, the batches ours
   makes (binidx.BATCH_BYTES): only those calls are timed. One call over 120,000 documents holds
   every Encoding (ids, offsets, token strings) at once, gigabytes.
-- ours: `python -m recipes.nano3.data_prep.binidx` (the recipe's encoding step), whole process.
+- ours: `python -m recipes.nano3.data_prep.binidx` (the recipe's encoding step), whole process:
+  the fast BPE engine (recipes/nano3/data_prep/fast_bpe.py) once its self-check has passed.
+- ours_hf: the same with `--bpe hf`: HF tokenizers' `encode_batch` on threads, as before the fast engine.
 - baseline: the way Megatron-LM's tools/preprocess_data.py works (`baseline` below): a
   multiprocessing pool of --workers processes encoding one document at a time (imap, chunks of
   32), megatron-core's IndexedDatasetBuilder fed one add_document per document, whole process.
@@ -24,7 +26,8 @@ machine's load hits every path alike:
 
 tokens/s is the same numerator for every path (the dataset's tokens, one end-of-document token
 per document included) over that path's seconds. The ratios are taken per round, then reported
-as min/median/max. The .bin and .idx of every run must be byte-identical to the baseline's.
+as min/median/max. The .bin and .idx of every run must be byte-identical to the reference: the
+single-process HF encoder (`binidx --bpe hf --workers 1`), run once before the rounds.
 """
 
 from __future__ import annotations
@@ -48,11 +51,12 @@ PROJECT = Path(__file__).resolve().parent.parent
 if str(PROJECT) not in sys.path:
     sys.path.insert(0, str(PROJECT))
 
-PATHS = ("limit", "limit_batched", "ours", "baseline", "ray")
+PATHS = ("limit", "limit_batched", "ours", "ours_hf", "baseline", "ray")
 LABELS = {
     "limit": "limit: encode_batch, whole corpus",
     "limit_batched": "limit: encode_batch, batches of ours",
     "ours": "ours",
+    "ours_hf": "ours with --bpe hf",
     "baseline": "Megatron-style baseline, {workers} processes",
     "ray": "ours, Ray, {workers} workers",
 }
@@ -214,6 +218,8 @@ def command(path: str, tok: Path, corpus_path: Path, prefix: Path, workers: int)
         "limit": [*me, "limit", "--tokenizer", str(tok), "--input", str(corpus_path)],
         "limit_batched": [*me, "limit", "--batched", "--tokenizer", str(tok), "--input", str(corpus_path)],
         "ours": ours,
+        "ours_hf": [*ours, "--bpe", "hf"],
+        "reference": [*ours, "--bpe", "hf", "--workers", "1"],
         "baseline": [*me, "baseline", "--tokenizer", str(tok), "--input", str(corpus_path), "--output-prefix", str(prefix),
                      "--workers", str(workers)],
         "ray": [*ours, "--engine", "ray", "--workers", str(workers)],
@@ -227,12 +233,15 @@ def shown(argv: list[str], tok: Path, corpus_path: Path, scratch: Path) -> str:
 
 
 def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, dict]:
+    """(wall seconds, the last line's JSON, with the tokenizer engine's line as "engine" where one is printed)."""
     started = time.perf_counter()
     proc = subprocess.run(argv, cwd=PROJECT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return wall, json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    engine = [line for line in lines if line.startswith("tokenizer engine:")]
+    return wall, {**json.loads(lines[-1]), **({"engine": engine[0]} if engine else {})}
 
 
 def cpu_model() -> str:
@@ -290,7 +299,10 @@ def main() -> None:
     tokens = None
     load_before = os.getloadavg()[0]
     try:
-        run_once(command("ours", tok, corpus_path, scratch / "warmup", args.workers), env)  # page cache, .pyc
+        # The reference, once (also warms the page cache and .pyc): HF tokenizers on one thread.
+        run_once(command("reference", tok, corpus_path, scratch / "reference", args.workers), env)
+        reference_digest = (sha256(scratch / "reference.bin"), sha256(scratch / "reference.idx"))
+        engines = {}
         for _ in range(args.runs):
             for path in paths:
                 prefix = scratch / path
@@ -299,6 +311,8 @@ def main() -> None:
                 if tokens not in (None, reported["tokens"]):
                     raise SystemExit(f"error: {path} counted {reported['tokens']} tokens, an earlier path {tokens}")
                 tokens = reported["tokens"]
+                if "engine" in reported:
+                    engines[path] = reported["engine"]
                 if not path.startswith("limit"):
                     digests[path].add((sha256(Path(f"{prefix}.bin")), sha256(Path(f"{prefix}.idx"))))
                     for suffix in (".bin", ".idx"):
@@ -309,8 +323,7 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     assert tokens is not None
 
-    reference = "baseline" if "baseline" in digests else "ours"
-    identical = all(d == digests[reference] and len(d) == 1 for d in digests.values())
+    identical = all(d == {reference_digest} for d in digests.values())
     rate = {p: [tokens / s for s in seconds[p]] for p in paths}
     # path ÷ reference: its tokens/s over the reference's, round by round.
     references = [r for r in ("limit", "limit_batched", "baseline") if r in paths]
@@ -332,15 +345,18 @@ def main() -> None:
     for p in paths:
         print(f"- {p}: `{commands[p]}`")
     verdict = "byte-identical" if identical else "DIFFERENT"
-    print(f"\noutputs: {verdict} .bin/.idx across {', '.join(digests)} and every run"
-          f" (sha256 .bin {sorted(digests[reference])[0][0][:12]}, .idx {sorted(digests[reference])[0][1][:12]})")
+    print(f"\noutputs: {verdict} .bin/.idx across {', '.join(digests)} and every run, and to the single-process"
+          f" HF encoder's (sha256 .bin {reference_digest[0][:12]}, .idx {reference_digest[1][:12]})")
+    for p, line in engines.items():
+        print(f"{p}: {line}")
 
     if args.json:
         args.json.write_text(json.dumps({
             "machine": {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version()},
             "corpus": facts, "tokens": tokens, "runs": args.runs, "workers": args.workers, "seconds": seconds,
             "ratios": ratios, "commands": commands,
-            "digests": {p: sorted(d) for p, d in digests.items()}, "identical": identical,
+            "digests": {p: sorted(d) for p, d in digests.items()}, "reference_digest": reference_digest,
+            "identical": identical, "engines": engines,
         }, indent=2))
     if not identical:
         raise SystemExit(1)

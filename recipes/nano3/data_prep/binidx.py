@@ -28,6 +28,12 @@ from all:
   or RayCluster) the tasks go to that cluster, whose nodes must all see the input and
   `shard_dir`; otherwise a local Ray with `workers` CPUs is started for the run and shut down
   after it.
+
+Whatever the engine, the BPE itself (`bpe`, `--bpe`): `auto` encodes with tiktoken loaded with
+the tokenizer's own ranks (fast_bpe.py, about 3x less CPU than HF tokenizers) once it has given
+HF tokenizers' ids on edge cases and a sample of the input, and with HF tokenizers otherwise;
+`hf` always with HF tokenizers. One line says which and why. Worker processes and Ray tasks use
+the engine the starting process chose.
 """
 
 from __future__ import annotations
