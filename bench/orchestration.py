@@ -15,6 +15,9 @@ One repetition, in a fresh folder (own HOME, store, NeMo-Run home, Prefect home)
    <the config the flow resolved for it>` with fresh output folders (same inputs, same seed):
    T_bare is the sum of their wall times.
 P2 = T_flow / T_bare (goal ≤ 1.10); P3 = T_rerun and T_rerun_server (goal ≤ 5 s, 0 submissions).
+`python -c pass` is timed beside the reruns (median of 5, same environment): the reruns are also
+reported as ratios to it, which compare across machines and loads (goal ≤ 300×, about 5 s on a
+2-core machine where `python -c pass` takes 15-20 ms).
 CPU seconds (user + sys of each command's whole process tree) are reported beside the wall times:
 they move less than wall time when the machine is shared.
 Python runs as installed: bytecode compiled once before the first repetition (a fresh process
@@ -92,6 +95,8 @@ class Repetition:
     rerun_server: Timing
     bare: dict[str, Timing]
     rerun_submissions: int
+    #: Median wall seconds of `python -c pass`, timed beside the reruns.
+    baseline: float
 
     @property
     def bare_total(self) -> float:
@@ -190,6 +195,16 @@ def rerun(command: list[str], root: Path, env: dict[str, str], name: str) -> Tim
     return timing
 
 
+def python_baseline(env: dict[str, str], cwd: Path, runs: int = 5) -> float:
+    """Median wall seconds of `python -c pass`: the floor of any Python command at this moment."""
+    samples = []
+    for _ in range(runs + 1):  # the first is a warm-up
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], cwd=cwd, env=env, check=True)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples[1:])
+
+
 def repetition(root: Path, size: list[str]) -> Repetition:
     env = dict(environment(root), PYTHONPATH=str(PROJECT))
     (root / "home").mkdir(parents=True)
@@ -199,11 +214,13 @@ def repetition(root: Path, size: list[str]) -> Repetition:
     if ran != {s.id: "ran" for s in STAGES}:
         raise SystemExit(f"first run: expected every stage to run, got {ran}")
     before = submissions(root)
+    baseline = [python_baseline(env, root / "home")]
     again = rerun(command, root, env, "rerun")
     with prefect_server(root / "home" / ".prefect") as api_url:
+        baseline.append(python_baseline(env, root / "home"))
         again_server = rerun(command, root, dict(env, PREFECT_API_URL=api_url), "rerun-server")
     new = len(submissions(root) - before)
-    return Repetition(flow, again, again_server, run_bare(root, env), new)
+    return Repetition(flow, again, again_server, run_bare(root, env), new, statistics.median(baseline))
 
 
 def spread(values: list[float], digits: int = 1) -> str:
@@ -227,6 +244,11 @@ def report(reps: list[Repetition], size: str) -> str:
         f"| {spread([r.rerun.cpu for r in reps])} | ≤ 5 s |",
         f"| **P3** rerun, running Prefect server (s) | {spread([r.rerun_server.wall for r in reps])} "
         f"| {spread([r.rerun_server.cpu for r in reps])} | ≤ 5 s |",
+        f"| `python -c pass`, beside the reruns (s) | {spread([r.baseline for r in reps], 3)} | | |",
+        f"| **P3** rerun, temporary server / `python -c pass` | "
+        f"{spread([r.rerun.wall / r.baseline for r in reps], 0)}× | | ≤ 300× |",
+        f"| **P3** rerun, running server / `python -c pass` | "
+        f"{spread([r.rerun_server.wall / r.baseline for r in reps], 0)}× | | ≤ 300× |",
         f"| submissions made by the reruns | {sum(r.rerun_submissions for r in reps)} | | 0 |",
         "",
         "| stage | bare script, median wall (s) |",
@@ -253,7 +275,8 @@ def main() -> None:
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
         print(f"run {n + 1}: flow {rep.flow.wall:.1f} s, bare {rep.bare_total:.1f} s ({rep.overhead_ratio:.3f}; "
-              f"CPU {rep.cpu_ratio:.3f}), rerun {rep.rerun.wall:.1f} s, with a server {rep.rerun_server.wall:.1f} s, "
+              f"CPU {rep.cpu_ratio:.3f}), rerun {rep.rerun.wall:.1f} s ({rep.rerun.wall / rep.baseline:.0f}×), "
+              f"with a server {rep.rerun_server.wall:.1f} s ({rep.rerun_server.wall / rep.baseline:.0f}×), "
               f"{rep.rerun_submissions} submissions", flush=True)
         reps.append(rep)
     print(report(reps, args.size))
