@@ -32,7 +32,7 @@ OVERRIDES = ("toy/produce:steps=2", "toy/train:steps=80", "toy/train:sleep=0.25"
 AS_COMMAND = "tests.reliability.runs"
 #: The most a stop may take, from the signal to the orchestrator's exit.
 STOP_BOUND_SECONDS = 30
-REPEATS = int(os.environ.get("NANO3_CTRL_C_REPEATS", "10"))
+REPEATS = int(os.environ.get("NANO3_CTRL_C_REPEATS", "6"))
 SEED = int(os.environ.get("NANO3_CTRL_C_SEED", "1337"))
 
 
