@@ -123,6 +123,8 @@ def encode(ctx: runtime.RecipeContext, tok, split: str, prefix: str, total: int,
         workers=workers,
         shard_dir=ctx.work_dir / "shards" / split,
         on_progress=report,
+        # auto: the fast BPE engine where it proves HF tokenizers' ids (binidx.py), hf: HF tokenizers.
+        bpe=str((ctx.config.get("encode") or {}).get("bpe", "auto")),
     )
     report(counts.documents, counts.tokens)
     return counts.tokens
