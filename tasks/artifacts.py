@@ -419,6 +419,8 @@ class _ThroughOutages:
         self._fs = fs
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_fs":  # copy and pickle probe these before _fs exists
+            raise AttributeError(name)
         attribute = getattr(self._fs, name)
         if not callable(attribute):
             return attribute
