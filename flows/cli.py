@@ -5,6 +5,7 @@
     nemotron nano3 pipe                         the whole pipeline
     nemotron steps list|show|run                the steps catalog
     nemotron runs list|status|logs|cancel       follow submissions
+    nemotron models list|show|promote|rollback  the registry's models and their aliases (production)
     nemotron profiles list|show|push            env.toml ⇄ Prefect blocks
 
 Each group lives in flows/commands/; command bodies import what they use, so `nemotron --help`
@@ -20,6 +21,7 @@ import typer
 
 from blocks.errors import ConfigError
 from flows.commands.errors import set_verbose, user_errors
+from flows.commands.models import models_app
 from flows.commands.nano3 import nano3_app
 from flows.commands.runs import runs_app
 from flows.commands.steps import steps_app
@@ -35,6 +37,7 @@ profiles_app = typer.Typer(no_args_is_help=True, help="Execution profiles: env.t
 app.add_typer(nano3_app, name="nano3")
 app.add_typer(steps_app, name="steps")
 app.add_typer(runs_app, name="runs")
+app.add_typer(models_app, name="models")
 app.add_typer(profiles_app, name="profiles")
 
 __all__ = ["app", "main", "user_errors"]
