@@ -8,6 +8,7 @@ the install hint (.ci/run installs them first: scripts/dev/install_packages.sh).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import sys
@@ -71,21 +72,29 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         stop_s3(folder)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    # Not under pytest's temp folder: it is closed to others, and the server runs as `postgres`.
-    folder = Path(tempfile.mkdtemp(prefix="nano3-postgres-"))
+@contextlib.contextmanager
+def own_postgres(prefix: str = "nano3-postgres-") -> Iterator[tuple[Path, PostgresServer]]:
+    """A PostgreSQL in a folder of its own (its folder, to restart it from), removed afterwards.
+
+    Not under pytest's temp folder: it is closed to others, and the server runs as `postgres`."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         try:
             server = start_postgres(folder)
         except MissingPrerequisite as missing:
             pytest.skip(str(missing))
         try:
-            yield server
+            yield folder, server
         finally:
             stop_postgres(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    with own_postgres() as (_, server):
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,8 @@ progress on the server as a run without an outage publishes them.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,13 +24,12 @@ import pytest
 
 from tasks.artifacts import ArtifactStore
 from tasks.stages import PROJECT_ROOT
-from tests.infra.conftest import DEV_SCRIPTS  # noqa: F401 - puts scripts/dev on sys.path
+from tests.infra.conftest import own_postgres  # also puts scripts/dev on sys.path
 from tests.infra.test_deployments import prefect_cli, prefect_env, run_artifacts
 from tests.prefect_server import PrefectServer, background, prefect_client
 from tests.reliability.runs import journal, registry_problems, versions
 from tests.reliability.toy_pipeline import FLOW_NAME, TOY_STAGES
 
-from local_daemons import MissingPrerequisite  # noqa: E402 - after DEV_SCRIPTS
 from local_postgres import PostgresServer, start_postgres, stop_postgres  # noqa: E402
 
 if TYPE_CHECKING:
@@ -52,19 +49,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[tuple[Path, PostgresServer]]:
-    """A PostgreSQL of this module's own (it is restarted), in a folder the `postgres` user can reach."""
-    folder = Path(tempfile.mkdtemp(prefix="nano3-restart-postgres-"))
-    try:
-        try:
-            server = start_postgres(folder)
-        except MissingPrerequisite as missing:
-            pytest.skip(str(missing))
-        try:
-            yield folder, server
-        finally:
-            stop_postgres(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    """A PostgreSQL of this module's own: it is restarted."""
+    with own_postgres("nano3-restart-postgres-") as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
