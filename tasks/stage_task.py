@@ -200,9 +200,11 @@ def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def _store_full(prepared: PreparedStage, store: ArtifactStore, cause: str) -> StoreFull:
+    # A remote store does not fill up: a job that ran out of space did so in its work folder.
+    where = f"the artifact store {store.root}" if store.is_local else f"the job's work folder {prepared.work_url}"
     return StoreFull(
-        f"{prepared.stage_id}: no space left for artifact {prepared.job.stage.artifact} in the artifact store "
-        f"{store.root} ({cause}); nothing was published for it, its registry and `latest` are unchanged. "
+        f"{prepared.stage_id}: no space left for artifact {prepared.job.stage.artifact} in {where} "
+        f"({cause}); nothing was published for it, its registry and `latest` are unchanged. "
         "Free space and rerun: the stages that finished are not redone"
     )
 
