@@ -26,6 +26,7 @@ from blocks.profiles import _Profile
 from blocks.settings import WandbConfig
 from tasks.artifacts import ArtifactStore, SubmissionRecord, _now
 from tasks.job_config import JobConfig
+from recipes.nano3.outage import backoff_delays
 from tasks.nemo_run_import import import_nemo_run
 from tasks.submission import job_target, recipe_task
 
@@ -33,8 +34,6 @@ ACTIVE = {"SUBMITTED", "PENDING", "RUNNING", "UNKNOWN_ACTIVE"}
 #: What NeMo-Run reports when the scheduler could not be asked (sacct failing while slurmdbd
 #: restarts, a cloud API error): the job may well be running. Never read as an end.
 UNANSWERED = "UNKNOWN"
-#: Waits between questions to a scheduler that did not answer: doubling from the first, capped.
-UNANSWERED_BACKOFF = (1.0, 30.0)
 #: How long a wait goes on asking a silent scheduler before the stage fails (Prefect retries it,
 #: and the retry re-attaches to the same job: nothing is submitted twice).
 UNANSWERED_LIMIT_SECONDS = 15 * 60
@@ -259,9 +258,8 @@ def _state_when_answered(
     complaints: _SchedulerComplaints,
 ) -> tuple[str, str | None, str | None]:
     """Ask again, with backoff, until the scheduler gives a state: one log line per question."""
-    first, cap = UNANSWERED_BACKOFF
     started = time.monotonic()
-    asked = 0
+    delays = backoff_delays()  # the store's schedule (recipes.nano3.outage): one way to back off
     state = UNANSWERED
     while state == UNANSWERED:
         silent_for = time.monotonic() - started
@@ -270,8 +268,7 @@ def _state_when_answered(
                 f"the scheduler gave no state for job {job_id} for {silent_for:.0f} s ({complaints.reason}); "
                 "the job may still run: the stage's retry or a rerun re-attaches to it"
             )
-        delay = min(cap, first * 2**asked)
-        asked += 1
+        delay = next(delays)
         on_line(
             f"the scheduler did not answer about job {job_id} ({complaints.reason}); asking again in {delay:.0f} s"
         )

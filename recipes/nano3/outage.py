@@ -9,7 +9,7 @@ missing object, a refused conditional write, a full disk) are never retried here
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -27,6 +27,16 @@ _CONNECTION_FAILURES = {
 }
 
 
+def backoff_delays() -> Iterator[float]:
+    """The waits between tries of anything that did not answer (the store, a scheduler): 1, 2, 4
+    … seconds, capped. One schedule, so every retry loop of the tool backs off alike."""
+    first, cap = BACKOFF_SECONDS
+    tries = 0
+    while True:
+        yield min(cap, first * 2**tries)
+        tries += 1
+
+
 def is_connection_failure(error: BaseException) -> bool:
     """The store could not be reached, or dropped the connection: trying again may work."""
     if isinstance(error, (ConnectionError, TimeoutError)):
@@ -42,8 +52,8 @@ def through_outages(
     limit_seconds: float = OUTAGE_LIMIT_SECONDS,
 ) -> T:
     """`call()`, tried again while it fails to reach the store: one `tell` line per wait."""
-    first, cap = BACKOFF_SECONDS
     started = time.monotonic()
+    delays = backoff_delays()
     tries = 0
     while True:
         try:
@@ -51,7 +61,7 @@ def through_outages(
         except Exception as error:
             if not is_connection_failure(error) or time.monotonic() - started > limit_seconds:
                 raise
-            delay = min(cap, first * 2**tries)
+            delay = next(delays)
             tries += 1
             reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             tell(f"{what}: the artifact store did not answer ({reason}); trying again in {delay:.0f} s")
