@@ -63,7 +63,7 @@ def submit_jobs(jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig 
             results.append(Submission(stage=stage.id, status="waiting", detail=f"needs {blocked[0]} from {unfinished[blocked[0]]}"))
             unfinished[stage.artifact] = stage.id
             continue
-        prepared = prepare_stage(job, store, produced)
+        prepared = prepare_stage(job, store, produced, say=logger.info)
         if store.read_manifest(prepared.output_url) is not None:
             result = run_prepared_stage(prepared, store, wandb)  # verifies and publishes; submits nothing
             produced[result.artifact.name] = result.artifact

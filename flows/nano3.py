@@ -69,7 +69,9 @@ def print_plan(options: RunOptions, stages: list[Stage]) -> None:
     resolved = resolve_run(options, stages)
     context, jobs = resolved.context, resolved.jobs
     with without():
+        from tasks import data_sources
         from tasks.artifacts import open_store
+        from tasks.gate import gate_config
         from tasks.submission import plan_submission, render_plan
 
         # The store and [wandb] add secret env vars to every job: the plan names them, as sent.
@@ -77,6 +79,15 @@ def print_plan(options: RunOptions, stages: list[Stage]) -> None:
         for job in jobs:
             print(f"=== {job.stage.id} " + "=" * max(0, 60 - len(job.stage.id)))
             print(render_plan(plan_submission(job, detached=options.detached, store=store, wandb=context.wandb)))
+            found = data_sources.data_sources(job, store)
+            if found:
+                # The shards' fingerprint is part of the stage's key: new or changed shards rerun it.
+                print("--- data sources (their fingerprint is in the cache key)")
+                print("\n".join(f"  {data_sources.describe(source, store)}" for source in found))
+            gate = gate_config(job.recipe_config.get("run"), str(job.config_file))
+            if gate is not None:
+                print(f"--- gate (after the job): promote run.model to production if {gate.metric} is at least as good "
+                      f"({gate.direction} is better, tolerance {gate.tolerance:g})")
 
 
 def run_pipeline(options: RunOptions, stages: list[Stage], flow_name: str = PIPELINE_FLOW) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from blocks.settings import WandbConfig
 from flows.detached import check_detachable, submit_jobs
@@ -34,7 +35,41 @@ def nano3_pipeline(
         # `nemotron nano3 pipe -b` again) publishes what finished and submits what follows.
         check_detachable(context)
         return submit_jobs(jobs, store, context.wandb)  # type: ignore[return-value]
-    return execute_stages(jobs, store, context.wandb)
+    results = execute_stages(jobs, store, context.wandb)
+    evaluated = next(((job, r) for job, r in zip(jobs, results) if job.stage.id == "eval"), None)
+    if evaluated is not None:
+        gate_stage(evaluated[0], evaluated[1], store, context.wandb)
+    return results
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate_stage(job: JobConfig, evaluation: StageResult, store: ArtifactStore, wandb: WandbConfig | None) -> str:
+    """The promotion gate after eval (tasks.gate): promote or reject, say so in an artifact and an event."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.events import emit_event
+
+    from tasks.gate import ARTIFACT_KEY, PROMOTED_EVENT, REJECTED_EVENT, gate_config, markdown, run_gate
+
+    logger = get_run_logger()
+    gate = gate_config(job.recipe_config.get("run"), str(job.config_file))
+    if gate is None:
+        logger.info("eval: its config sets no run.gate; nothing is promoted")
+        return "no gate"
+    decision, move = run_gate(gate, evaluation.artifact, evaluation.inputs, store, say=logger.info)
+    create_markdown_artifact(key=ARTIFACT_KEY, markdown=markdown(decision), description="nano3 evaluation gate")
+    candidate = evaluation.inputs["model"]
+    if decision.verdict != "in_service":
+        emit_event(
+            event=PROMOTED_EVENT if decision.verdict == "promoted" else REJECTED_EVENT,
+            resource={"prefect.resource.id": f"nano3.model.{candidate.name}", "prefect.resource.name": candidate.name},
+            payload=decision.model_dump(mode="json"),
+        )
+    if move is not None:
+        from tasks.lineage import mirror_to_wandb
+        from tasks.stage_task import store_wandb_dir
+
+        mirror_to_wandb(wandb, "promote", candidate, {"eval": evaluation.artifact}, store_wandb_dir(store), aliases=(move.alias,))
+    return decision.verdict
 
 
 def execute_stages(
@@ -43,10 +78,11 @@ def execute_stages(
     """Run the jobs in order inside the current flow; each consumes what the previous ones made."""
     from tasks.lineage import publish_run_lineage
 
+    say = get_run_logger().info
     produced: dict[str, ArtifactVersion] = {}
     results: list[StageResult] = []
     for job in jobs:
-        result = run_prepared_stage(prepare_stage(job, store, produced), store, wandb)
+        result = run_prepared_stage(prepare_stage(job, store, produced, say=say), store, wandb)
         produced[result.artifact.name] = result.artifact
         results.append(result)
     publish_run_lineage([(r.stage, r.artifact, r.inputs) for r in results])

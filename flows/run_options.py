@@ -217,6 +217,9 @@ def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
     command here, before Prefect starts a flow or a scheduler gets a job that cannot start."""
     from flows.commands.options import command_for
     from tasks.artifacts import ArtifactError
+    from tasks.data_sources import check as check_source
+    from tasks.data_sources import data_sources
+    from tasks.gate import gate_config
     from tasks.stages import STAGES
 
     producers = {stage.artifact: stage for stage in STAGES}
@@ -229,7 +232,13 @@ def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
             producer = producers.get(item.artifact)
             where = dict(file=str(job.config_file), key=f"run.{item.key}")
             try:
-                version = store.resolve(item.ref, expected_type=kinds[item.key])
+                if item.key in job.stage.optional:
+                    found = store.find(item.ref, expected_type=kinds[item.key])
+                    if found is None:
+                        continue
+                    version = found
+                else:
+                    version = store.resolve(item.ref, expected_type=kinds[item.key])
             except ConfigError as exc:
                 raise ConfigError(exc.message, **where, hint=exc.hint) from None
             except ArtifactError as exc:
@@ -247,4 +256,7 @@ def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
                     hint=f"remove {version.uri} and run `{command_for(producer)}` to make it again" if producer
                     else "publish a good version and point the config at it",
                 ) from None
+        for source in data_sources(job, store):
+            check_source(source, store)
+        gate_config(job.recipe_config.get("run"), str(job.config_file))
         earlier.add(job.stage.artifact)

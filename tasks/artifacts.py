@@ -47,7 +47,8 @@ from recipes.nano3.runtime import ENDPOINT_VAR, JOB_LOCK, local_work_dir, scratc
 
 #: Artifact types whose .jsonl files are records, one JSON object per line (check_input).
 RECORD_TYPES = ("raw_jsonl", "training_jsonl")
-REF_PATTERN = re.compile(r"^(?:art://)?(?P<name>[A-Za-z0-9_.-]+)(?::(?P<version>latest|v\d+))?$")
+#: `name`, `name:latest`, `name:v3`, or `name:<alias>` (tasks.aliases: `production`).
+REF_PATTERN = re.compile(r"^(?:art://)?(?P<name>[A-Za-z0-9_.-]+)(?::(?P<version>latest|v\d+|[a-z][a-z0-9_-]{0,40}))?$")
 
 
 class ArtifactError(Exception):
@@ -244,19 +245,34 @@ class ArtifactStore:
         data = self._read_json(self._path("_registry", name, "latest.json"))
         return ArtifactVersion.model_validate(data) if data else None
 
-    def resolve(self, ref: str, *, expected_type: str | None = None) -> ArtifactVersion:
-        """`name`, `name:latest`, `name:v3`, with or without `art://`."""
+    def find(self, ref: str, *, expected_type: str | None = None) -> ArtifactVersion | None:
+        """What `ref` names (`name`, `name:latest`, `name:v3`, `name:production`), None where it names nothing."""
         match = REF_PATTERN.match(ref.strip())
         if not match:
-            raise ConfigError(f"artifact reference {ref!r} is not name[:latest|:vN]")
+            raise ConfigError(f"artifact reference {ref!r} is not name[:latest|:vN|:alias]")
         name, version = match.group("name"), match.group("version") or "latest"
-        found = self.latest(name) if version == "latest" else self.version(name, version)
+        if version == "latest":
+            found = self.latest(name)
+        elif re.fullmatch(r"v\d+", version):
+            found = self.version(name, version)
+        else:
+            from tasks.aliases import current
+
+            found = current(self, name, version)
+        if found is not None and expected_type and found.type != expected_type:
+            raise ArtifactError(f"artifact {found.ref} is of type {found.type}, expected {expected_type}")
+        return found
+
+    def resolve(self, ref: str, *, expected_type: str | None = None) -> ArtifactVersion:
+        """As find, but a reference that names nothing is an error that lists what there is."""
+        found = self.find(ref, expected_type=expected_type)
         if found is None:
+            match = REF_PATTERN.match(ref.strip())
+            assert match is not None
+            name, version = match.group("name"), match.group("version") or "latest"
             known = self._versions(name)
             detail = f"versions: {', '.join(f'v{v}' for v in known)}" if known else "nothing published under that name"
             raise ArtifactError(f"artifact {name}:{version} not found in {self.root} ({detail})")
-        if expected_type and found.type != expected_type:
-            raise ArtifactError(f"artifact {found.ref} is of type {found.type}, expected {expected_type}")
         return found
 
     def publish(self, name: str, output_url: str, manifest: Manifest, *, cache_key: str) -> ArtifactVersion:

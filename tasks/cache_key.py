@@ -26,7 +26,7 @@ from tasks.stages import PROJECT_ROOT, RAY_CLUSTER_SCRIPT, Stage
 #: Bumped whenever what enters a key changes, so that keys of the old scheme never match.
 KEY_SCHEME = 2
 #: run.* fields that say where or how to run, or are derived from the key itself.
-NOT_IN_KEY = ("env", "wandb", "output_dir", "work_dir", "stage", "inputs")
+NOT_IN_KEY = ("env", "wandb", "output_dir", "work_dir", "stage", "inputs", "sources", "gate")
 #: Top-level packages whose modules travel with a job (files on disk under the project root).
 CODE_PACKAGES = ("recipes",)
 

@@ -151,15 +151,20 @@ def mirror_to_wandb(
     output: ArtifactVersion,
     inputs: dict[str, ArtifactVersion],
     wandb_dir: Path,
+    aliases: tuple[str, ...] = (),
 ) -> Path | None:
     """Log the output as a W&B artifact (by reference: nothing is copied). Returns the run folder,
-    None when W&B is disabled or this version was mirrored before (a rerun of a cached stage)."""
+    None when W&B is disabled or this version was mirrored before (a rerun of a cached stage).
+
+    `aliases`: more W&B aliases for the version (a promotion logs the same reference again with
+    `production`: W&B gives the version of that content the alias)."""
     mode = wandb_mode(settings)
     settings = settings or WandbConfig()
     if mode == "disabled":
         return None
     # Written once the run is finished: a crash before that mirrors the version again next time.
-    done = wandb_dir / "mirrored" / f"{output.name}-{output.version}-{output.digest.removeprefix('sha256:')[:16]}-{mode}"
+    marker = "-".join((output.name, output.version, output.digest.removeprefix("sha256:")[:16], *aliases, mode))
+    done = wandb_dir / "mirrored" / marker
     if done.is_file():
         return None
     import wandb
@@ -173,7 +178,7 @@ def mirror_to_wandb(
         entity=settings.entity,
         group=settings.group,
         job_type=stage_id.replace("/", "-"),
-        name=f"{stage_id.replace('/', '-')}-{output.version}",
+        name="-".join((stage_id.replace("/", "-"), output.version, *aliases)),
         dir=str(wandb_dir),
         mode=mode,
         tags=list(settings.tags),
@@ -205,7 +210,7 @@ def mirror_to_wandb(
             for ref in inputs.values():
                 run.use_artifact(f"{ref.name}:{ref.version}")
         run.log({f"{stage_id}/{k}": v for k, v in output.metrics.items() if isinstance(v, (int, float))})
-        run.log_artifact(artifact, aliases=[output.version, "latest"])
+        run.log_artifact(artifact, aliases=[output.version, *(aliases or ("latest",))])
         folder = Path(run.dir).parent
     finally:
         run.finish()

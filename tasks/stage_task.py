@@ -63,8 +63,15 @@ class PreparedStage:
         return self.job.stage.id
 
 
-def prepare_stage(job: JobConfig, store: ArtifactStore, produced: dict[str, ArtifactVersion]) -> PreparedStage:
-    """Inputs named by the config's `run:` block; those made earlier in this run win over `latest`."""
+def prepare_stage(
+    job: JobConfig, store: ArtifactStore, produced: dict[str, ArtifactVersion], say: Callable[[str], None] = print
+) -> PreparedStage:
+    """Inputs named by the config's `run:` block; those made earlier in this run win over `latest`.
+
+    An optional input (Stage.optional) that names nothing yet, or the same content as another
+    input, is left out; a data source (tasks.data_sources) is snapshotted, filled first if empty."""
+    from tasks import data_sources
+
     config = OmegaConf.to_container(job.recipe_config, resolve=True)
     assert isinstance(config, dict)
     run_block: dict[str, Any] = dict(config.get("run") or {})
@@ -72,13 +79,36 @@ def prepare_stage(job: JobConfig, store: ArtifactStore, produced: dict[str, Arti
     for name, kind in job.stage.consumes:
         ref = run_block.get(name)
         if not ref:
+            if name in job.stage.optional:
+                continue
             raise ArtifactError(f"stage {job.stage.id}: config {job.config_file} sets no run.{name} ({kind} input)")
         artifact_name = str(ref).removeprefix("art://").split(":")[0]
         version = produced.get(artifact_name)
-        inputs[name] = version if version and str(ref).endswith(":latest") else store.resolve(str(ref), expected_type=kind)
+        if version and str(ref).endswith(":latest"):
+            inputs[name] = version
+        elif name in job.stage.optional:
+            found = store.find(str(ref), expected_type=kind)
+            if found is None:
+                say(f"{job.stage.id}: input {name} ({ref}) names nothing yet; the stage runs without it")
+                continue
+            inputs[name] = found
+        else:
+            inputs[name] = store.resolve(str(ref), expected_type=kind)
         if inputs[name].type != kind:
             raise ArtifactError(f"artifact {inputs[name].ref} is of type {inputs[name].type}, stage {job.stage.id} needs {kind}")
-    key = compute_cache_key(job.stage, config, {n: v.digest for n, v in inputs.items()})
+    for name in job.stage.optional:
+        twin = next((other for other, v in inputs.items() if other != name and name in inputs and v.digest == inputs[name].digest), None)
+        if twin is not None:
+            say(f"{job.stage.id}: input {name} ({inputs[name].ref}) is the same model as input {twin}; the stage runs without it")
+            del inputs[name]
+    digests = {n: v.digest for n, v in inputs.items()}
+    snapshots = {}
+    for source in data_sources.data_sources(job, store):
+        snapshot = data_sources.take(source, store, say=say)
+        say(f"{job.stage.id}: data source {source.section}: {source.url}: {snapshot.describe()}")
+        snapshots[source.section] = snapshot.model_dump()
+        digests[f"source:{source.section}"] = snapshot.digest
+    key = compute_cache_key(job.stage, config, digests)
     output_url = store.output_url(job.stage.slug, key)
     work_url = store.work_url(job.stage.slug, key)
     run_block.update(
@@ -91,6 +121,11 @@ def prepare_stage(job: JobConfig, store: ArtifactStore, produced: dict[str, Arti
             for n, v in inputs.items()
         },
     )
+    for name in job.stage.optional:
+        if name not in inputs:
+            run_block.pop(name, None)
+    if snapshots:
+        run_block["sources"] = snapshots
     config["run"] = run_block
     return PreparedStage(job, key, inputs, output_url, work_url, OmegaConf.to_yaml(OmegaConf.create(config)))
 

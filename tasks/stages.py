@@ -90,6 +90,11 @@ class Stage:
     alternatives: tuple[tuple[str, Runtime], ...] = ()
     #: The headline metrics `script` reports in its manifest, in the order a run summary shows them.
     key_metrics: tuple[str, ...] = ()
+    #: Config sections that may name a data source (`source: files`, tasks.data_sources): its
+    #: snapshot enters the key as an input.
+    sources: tuple[str, ...] = ()
+    #: Inputs the config may leave unset, or whose alias may name nothing yet (the model in service).
+    optional: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_types(self.id, self.consumes, self.produces)
@@ -160,7 +165,12 @@ class Stage:
 
 
 def _data_prep(
-    kind: str, produces: str, description: str, key_metrics: tuple[str, ...], at_scale: Launcher = "direct"
+    kind: str,
+    produces: str,
+    description: str,
+    key_metrics: tuple[str, ...],
+    at_scale: Launcher = "direct",
+    sources: tuple[str, ...] = (),
 ) -> Stage:
     """A data prep stage: one script for both backends. `at_scale` is backend megatron's launcher:
     `ray` starts a Ray cluster over the job's nodes and the recipe fans its encoding out on it."""
@@ -176,6 +186,7 @@ def _data_prep(
         alternatives=(
             ("megatron", Runtime("prep.py", (), produces, launcher=at_scale, key_metrics=key_metrics)),
         ),
+        sources=sources,
     )
 
 
@@ -191,6 +202,7 @@ STAGES: tuple[Stage, ...] = (
         "Tokenizer training and pretraining corpus → megatron .bin/.idx with a blend file.",
         ("num_tokens_train", "vocab_size"),
         at_scale="ray",
+        sources=("corpus",),
     ),
     _data_prep("sft", "training_jsonl", "Chat-format SFT data with held-out problems.", ("train_examples", "valid_examples")),
     _data_prep("rl", "training_jsonl", "Prompts with verifiable answers for RL.", ("train_prompts", "valid_prompts")),
@@ -273,7 +285,10 @@ STAGES: tuple[Stage, ...] = (
             ("baseline", "checkpoint_hf"),
             ("data", "training_jsonl"),
             ("corpus", "binidx"),
+            # The model in service, evaluated on the same data for the promotion gate (tasks.gate).
+            ("production", "checkpoint_hf"),
         ),
+        optional=("production",),
         produces="eval_results",
         artifact="nano3-eval",
         description="Held-out evaluation of the exported model against the pretrained baseline.",

@@ -27,6 +27,13 @@ SFT_OVERRIDES = {"examples": 2000, "held_out": 100}
 RL_OVERRIDES = {"prompts": 500, "held_out": 100}
 
 
+def offline_snapshot(size: int) -> Any:
+    from recipes.nano3.data_prep import sources
+    from tasks.data_sources import offline_shards
+
+    return sources.snapshot(str(offline_shards("python_docstrings", size)))
+
+
 def config_path(stage: str, name: str = "tiny") -> Path:
     return STAGES_BY_ID[stage].config_dir / f"{name}.yaml"
 
@@ -55,6 +62,10 @@ def write_resolved_config(
     })
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, merge=True)
+    corpus = cfg.get("corpus") or {}
+    if corpus.get("source") == "files" and "sources" not in cfg.run:
+        # What the orchestrator does (tasks.data_sources): the offline shards' snapshot.
+        cfg.run.sources = {"corpus": offline_snapshot(int(corpus.fill_bytes)).model_dump()}
     path.parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, path)
     return path

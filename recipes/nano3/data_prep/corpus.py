@@ -79,13 +79,46 @@ def hub_texts(datasets: Iterable[Any], max_bytes: int | None) -> Iterator[str]:
             yield str(text)
 
 
-def texts(corpus_cfg: Any) -> Iterator[str]:
+#: Offline corpora by name: each is on every machine that can run the recipe.
+OFFLINE = {"python_docstrings": python_docstrings}
+
+
+def texts_of(name: str) -> Iterator[str]:
+    return OFFLINE[name]()
+
+
+def texts(corpus_cfg: Any, run_cfg: Any = None) -> Iterator[str]:
+    """The documents the config's source names; `files` reads the orchestrator's snapshot (run.sources.corpus)."""
     source = corpus_cfg.source
-    if source == "python_docstrings":
-        return python_docstrings()
+    if source in OFFLINE:
+        return texts_of(source)
     if source == "hf":
         return hub_texts(corpus_cfg.datasets, corpus_cfg.get("max_bytes"))
-    raise SystemExit(f"error: corpus.source must be 'python_docstrings' or 'hf', got {source!r}")
+    if source == "files":
+        from recipes.nano3.data_prep import sources
+
+        taken = ((run_cfg or {}).get("sources") or {}).get("corpus")
+        if taken is None:
+            raise SystemExit("error: corpus.source is 'files' but run.sources.corpus is not set (the orchestrator snapshots the source)")
+        snapshot = sources.SourceSnapshot.model_validate(_plain(taken))
+        return _or_exit(sources.documents(snapshot, str(corpus_cfg.get("text_field", "text"))))
+    raise SystemExit(f"error: corpus.source must be 'files', 'python_docstrings' or 'hf', got {source!r}")
+
+
+def _plain(node: Any) -> Any:
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _or_exit(documents: Iterator[str]) -> Iterator[str]:
+    """A source that fails halfway (a shard changed, a bad line) ends the job with one line naming it."""
+    from recipes.nano3.data_prep.sources import SourceError
+
+    try:
+        yield from documents
+    except SourceError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 @dataclass

@@ -11,7 +11,9 @@ named relative to this stage's inputs (`${data}`, `${corpus}`), so the script wr
 the input folders filled in and hands lm-eval only those. With `offline` set, the Hugging Face
 libraries are told so before they are imported: a task that would need the hub fails instead of
 downloading. Both models answer the same prompts, so `improvement_exact_match` is what training
-bought over the pretrained model.
+bought over the pretrained model. Where the orchestrator passes the model in service (input
+`production`), it answers them too: its `production_*` metrics are what the promotion gate
+compares the candidate with, on the same data.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def models_to_evaluate(ctx: runtime.RecipeContext) -> list[str]:
     if backend != "hf":
         raise SystemExit(f"error: this script is the hf backend; run.backend is {backend!r}")
     names = ["model", "baseline"] if ctx.config.get("compare_baseline", True) else ["model"]
+    if "production" in ctx.inputs:
+        names.append("production")
     for name in names:
         folder = ctx.input_path(name)
         if not folder.is_dir():
@@ -156,7 +160,14 @@ def main() -> None:
         ctx,
         "eval_results",
         metrics=headline_metrics(results),
-        metadata={"tasks": tasks, "limit": ctx.config.get("limit"), "evaluated": names},
+        metadata={
+            "tasks": tasks,
+            "limit": ctx.config.get("limit"),
+            "evaluated": names,
+            # Which version each model was: the gate checks it compared with the model in service.
+            "models": {name: f"{ctx.inputs[name].name}:{ctx.inputs[name].version}" for name in names},
+            "digests": {name: ctx.inputs[name].digest for name in names},
+        },
     )
 
 

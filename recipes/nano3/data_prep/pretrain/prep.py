@@ -36,6 +36,7 @@ TRAIN_PREFIX, VALID_PREFIX = "train_text_document", "valid_text_document"
 def fingerprint(ctx: runtime.RecipeContext) -> str:
     """What the checkpoints depend on: a work_dir reused with another config must not resume."""
     relevant = {key: OmegaConf.to_container(ctx.config[key], resolve=True) for key in ("corpus", "tokenizer", "split")}
+    relevant["sources"] = OmegaConf.to_container(ctx.config.run.get("sources") or {}, resolve=True)
     return hashlib.sha256(json.dumps({**relevant, "seed": ctx.seed}, sort_keys=True).encode()).hexdigest()
 
 
@@ -60,15 +61,17 @@ def complete(ctx: runtime.RecipeContext, step: int) -> None:
 def build_corpus(ctx: runtime.RecipeContext) -> None:
     cfg = ctx.config
     max_bytes = cfg.corpus.get("max_bytes")
+    taken = (cfg.run.get("sources") or {}).get("corpus")
+    expected = max_bytes or (sum(int(f.size) for f in taken.files) if taken is not None else 0)
     folder = runtime.checkpoint_dir(ctx.work_dir, CORPUS_STEP)
     folder.mkdir(parents=True, exist_ok=True)
 
     def report(stats: corpus.SplitStats) -> None:
         done = stats.bytes_train + stats.bytes_valid
-        runtime.progress(done, max_bytes or 0, phase="corpus", documents=stats.documents_train + stats.documents_valid)
+        runtime.progress(done, expected, phase="corpus", documents=stats.documents_train + stats.documents_valid)
 
     stats = corpus.write_split(
-        corpus.texts(cfg.corpus),
+        corpus.texts(cfg.corpus, cfg.run),
         folder / "train.jsonl",
         folder / "valid.jsonl",
         max_bytes=max_bytes,
@@ -130,6 +133,16 @@ def encode(ctx: runtime.RecipeContext, tok, split: str, prefix: str, total: int,
     return counts.tokens
 
 
+def source_metadata(cfg) -> dict:  # noqa: ANN001 - DictConfig
+    taken = (cfg.run.get("sources") or {}).get("corpus")
+    if taken is None:
+        return {}
+    from recipes.nano3.data_prep.sources import SourceSnapshot
+
+    snapshot = SourceSnapshot.model_validate(OmegaConf.to_container(taken, resolve=True))
+    return {"source_url": snapshot.url, "source_shards": len(snapshot.files), "source_fingerprint": snapshot.digest}
+
+
 def main() -> None:
     started = time.monotonic()
     ctx = runtime.start()
@@ -175,6 +188,8 @@ def main() -> None:
         },
         metadata={
             "source": str(cfg.corpus.source),
+            # The shards read and their fingerprint: which data this corpus is made of.
+            **source_metadata(cfg),
             "duplicates_dropped": stats["duplicates"],
             "too_short_dropped": stats["too_short"],
             "pre_tokenizer": "Sequence([Digits(individual_digits=True), ByteLevel(add_prefix_space=False)])",
