@@ -6,6 +6,7 @@
     nemotron steps list|show|run                the steps catalog
     nemotron runs list|status|logs|cancel       follow submissions
     nemotron models list|show|promote|rollback  the registry's models and their aliases (production)
+    nemotron data add|status                    the data sources stages read; new shards start a retraining
     nemotron profiles list|show|push            env.toml ⇄ Prefect blocks
 
 Each group lives in flows/commands/; command bodies import what they use, so `nemotron --help`
@@ -21,6 +22,7 @@ import typer
 
 from blocks.errors import ConfigError
 from flows.commands.errors import set_verbose, user_errors
+from flows.commands.data import data_app
 from flows.commands.models import models_app
 from flows.commands.nano3 import nano3_app
 from flows.commands.runs import runs_app
@@ -38,6 +40,7 @@ app.add_typer(nano3_app, name="nano3")
 app.add_typer(steps_app, name="steps")
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
 app.add_typer(profiles_app, name="profiles")
 
 __all__ = ["app", "main", "user_errors"]
