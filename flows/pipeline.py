@@ -46,9 +46,8 @@ def nano3_pipeline(
 def gate_stage(job: JobConfig, evaluation: StageResult, store: ArtifactStore, wandb: WandbConfig | None) -> str:
     """The promotion gate after eval (tasks.gate): promote or reject, say so in an artifact and an event."""
     from prefect.artifacts import create_markdown_artifact
-    from prefect.events import emit_event
 
-    from tasks.gate import ARTIFACT_KEY, PROMOTED_EVENT, REJECTED_EVENT, gate_config, markdown, run_gate
+    from tasks.gate import ARTIFACT_KEY, emit_decision, gate_config, markdown, run_gate
 
     logger = get_run_logger()
     gate = gate_config(job.recipe_config.get("run"), str(job.config_file))
@@ -58,12 +57,7 @@ def gate_stage(job: JobConfig, evaluation: StageResult, store: ArtifactStore, wa
     decision, move = run_gate(gate, evaluation.artifact, evaluation.inputs, store, say=logger.info)
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=markdown(decision), description="nano3 evaluation gate")
     candidate = evaluation.inputs["model"]
-    if decision.verdict != "in_service":
-        emit_event(
-            event=PROMOTED_EVENT if decision.verdict == "promoted" else REJECTED_EVENT,
-            resource={"prefect.resource.id": f"nano3.model.{candidate.name}", "prefect.resource.name": candidate.name},
-            payload=decision.model_dump(mode="json"),
-        )
+    emit_decision(decision, candidate.name)
     if move is not None:
         from tasks.lineage import mirror_to_wandb
         from tasks.stage_task import store_wandb_dir

@@ -129,6 +129,20 @@ def markdown(decision: GateDecision) -> str:
     return "\n".join(lines) + "\n"
 
 
+def emit_decision(decision: GateDecision, model: str) -> None:
+    """`nano3.model.promoted` or `nano3.model.rejected`, its payload the decision; nothing while the
+    candidate is already in service (no news)."""
+    from prefect.events import emit_event
+
+    if decision.verdict == "in_service":
+        return
+    emit_event(
+        event=PROMOTED_EVENT if decision.verdict == "promoted" else REJECTED_EVENT,
+        resource={"prefect.resource.id": f"nano3.model.{model}", "prefect.resource.name": model},
+        payload=decision.model_dump(mode="json"),
+    )
+
+
 def _cell(value: float | None) -> str:
     return "–" if value is None else f"{value:g}"
 

@@ -236,7 +236,8 @@ def _from_stage(manifest: StepManifest, file: str, stage: Stage) -> StepManifest
                 hint=did_you_mean(name, names) or (f"inputs: {', '.join(names)}" if names else "it consumes nothing"),
             )
     consumes = tuple(
-        ArtifactRef(type=kind, description=manifest.inputs.get(name, ""), input=name) for name, kind in pairs
+        ArtifactRef(type=kind, description=manifest.inputs.get(name, ""), input=name, required=name not in stage.optional)
+        for name, kind in pairs
     )
     described = manifest.output.description if manifest.output else ""
     produces = tuple(

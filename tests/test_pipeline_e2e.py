@@ -46,6 +46,11 @@ def nano3(home: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=timeout)
 
 
+def nemotron(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=home, env=environment(home),
+                          capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The users' folder, and the Prefect server their runs report to (the UI's view of them)."""
@@ -62,7 +67,8 @@ def records(home: Path) -> dict[str, dict]:
 
 
 CI_RUN = [
-    "data_prep/pretrain:corpus.max_bytes=1000000",
+    # The source (store/sources/pretrain-corpus) starts with 1 MB of the offline corpus.
+    "data_prep/pretrain:corpus.fill_bytes=1000000",
     "data_prep/pretrain:tokenizer.vocab_size=2048",
     "pretrain:train.train_iters=60",
     "pretrain:train.save_interval=30",
@@ -75,6 +81,8 @@ CI_RUN = [
     "rl:train.save_interval=4",
     "eval:limit=100",
 ]
+#: A changed SFT setting that makes the candidate worse on purpose: 20 steps instead of 400.
+WORSE_SFT = "sft:train.train_iters=20"
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +109,11 @@ def test_the_pipeline_runs_and_sft_beats_the_pretrained_model(home: Path, first_
     # last one included, and Prefect: test_prefect_shows_… reads the progress artifact.
     for stage in STAGES:
         assert re.search(rf"Task run '{re.escape(stage.id)}' - .*manifest: ", first_run.stderr), stage.id
-    assert len(list((home / "store" / "_wandb").rglob("run-*.wandb"))) == len(STAGES)
+    # One W&B run per stage, and one that gives the promoted version W&B's `production` alias.
+    assert len(list((home / "store" / "_wandb").rglob("run-*.wandb"))) == len(STAGES) + 1
+    # No model was in service: the gate promoted the first candidate.
+    assert "gate: promoted: no model is in service yet" in first_run.stderr
+    assert production(store) == ("v1", store.resolve("nano3-model-hf:v1").digest)
 
 
 def test_prefect_shows_the_run_its_artifacts_and_the_asset_graph(home: Path, first_run: subprocess.CompletedProcess) -> None:
@@ -133,6 +145,30 @@ def test_prefect_shows_the_run_its_artifacts_and_the_asset_graph(home: Path, fir
     assert upstream[asset_key(latest["nano3-sft-model"].uri)] == {
         asset_key(latest["nano3-pretrain-model"].uri), asset_key(latest["nano3-sft-data"].uri)}
     assert len(upstream) == len(STAGES), "one materialized asset per stage"
+    # The gate's verdict: an artifact with both sides (no model in service yet) and an event.
+    gate = artifacts["nano3-gate"].data
+    assert "## Evaluation gate: promoted" in gate and "in service `(none)`" in gate
+    (promoted,) = gate_events(home, "nano3.model.promoted", 1)
+    assert promoted.payload["candidate"] == latest["nano3-model-hf"].ref and promoted.payload["production"] is None
+
+
+def production(store: ArtifactStore) -> tuple[str, str] | None:
+    """The version the registry's `production` alias names, and its digest."""
+    found = store.find("nano3-model-hf:production")
+    return (found.version, found.digest) if found else None
+
+
+def gate_events(home: Path, name: str, count: int) -> list:
+    """The `name` events the server holds once it holds `count` (it persists them in batches)."""
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    with prefect_client((home / "api").read_text()) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            events = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50).events
+            if len(events) >= count or time.monotonic() > deadline:
+                return events
+            time.sleep(1)
 
 
 def test_a_rerun_does_no_work(home: Path, first_run: subprocess.CompletedProcess) -> None:
@@ -143,12 +179,17 @@ def test_a_rerun_does_no_work(home: Path, first_run: subprocess.CompletedProcess
     assert again.returncode == 0, again.stderr[-3000:]
     assert statuses(again.stdout) == {s.id: "cached" for s in STAGES}
     assert records(home) == before, "a cached rerun submits nothing"
+    # The schedule fired with no new data: nothing to promote, and the run says so.
+    assert "gate: in_service: the candidate is the model in service (nano3-model-hf:v1)" in again.stderr
+    assert production(ArtifactStore(str(home / "store")))[0] == "v1"
     print(f"cached rerun: {elapsed:.1f} s")
 
 
-def test_an_sft_override_reruns_sft_and_what_follows(home: Path, first_run: subprocess.CompletedProcess) -> None:
-    # A shorter SFT than the first run's: a changed setting all the same, at half the cost.
-    changed = nano3(home, *CI_RUN, "sft:train.train_iters=200")
+def test_a_worse_candidate_is_rejected_and_production_stays(home: Path, first_run: subprocess.CompletedProcess) -> None:
+    """A changed SFT setting reruns SFT and what follows; 20 steps instead of 400 make the candidate
+    worse on purpose: the gate keeps v1 in service and says why, side by side."""
+    store = ArtifactStore(str(home / "store"))
+    changed = nano3(home, *CI_RUN, WORSE_SFT)
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert statuses(changed.stdout) == {
         "data_prep/pretrain": "cached",
@@ -160,6 +201,35 @@ def test_an_sft_override_reruns_sft_and_what_follows(home: Path, first_run: subp
         "convert": "ran",
         "eval": "ran",
     }
+    evaluation = store.resolve("nano3-eval:latest")
+    # The eval measured the model in service on the same data, in the same job.
+    assert {"production_exact_match", "production_bits_per_byte"} <= set(evaluation.metrics)
+    assert evaluation.metrics["exact_match"] < evaluation.metrics["production_exact_match"] - 0.05
+    assert "gate: rejected: worse: exact_match" in changed.stderr and "nano3-model-hf:v1 stays in service" in changed.stderr
+    assert production(store)[0] == "v1" and store.latest("nano3-model-hf").version == "v2"
+    (rejected,) = gate_events(home, "nano3.model.rejected", 1)
+    assert rejected.resource.id == "nano3.model.nano3-model-hf"
+    assert (rejected.payload["candidate"], rejected.payload["production"]) == ("nano3-model-hf:v2", "nano3-model-hf:v1")
+    with prefect_client((home / "api").read_text()) as client:
+        table = next(a for a in client.read_latest_artifacts() if a.key == "nano3-gate").data
+    assert "## Evaluation gate: rejected" in table
+    assert "| metric | candidate `nano3-model-hf:v2` | in service `nano3-model-hf:v1` |" in table
+    assert re.search(r"\| exact_match \(gate\) \| [0-9.]+ \| [0-9.]+ \|", table), table
+
+
+def test_after_a_rollback_the_gate_compares_with_the_restored_model(
+    home: Path, first_run: subprocess.CompletedProcess
+) -> None:
+    """Promote the rejected v2 by hand, roll it back: the next run compares with v1 again."""
+    promote = nemotron(home, "models", "promote", "nano3-model-hf:v2", "-m", "by hand")
+    rollback = nemotron(home, "models", "rollback", "nano3-model-hf")
+    assert promote.returncode == 0 and rollback.returncode == 0, promote.stderr + rollback.stderr
+    assert "v2 -> v1" in rollback.stdout.replace("→", "->"), rollback.stdout
+    again = nano3(home, *CI_RUN, WORSE_SFT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert set(statuses(again.stdout).values()) == {"cached"}
+    assert "gate: rejected" in again.stderr and "nano3-model-hf:v1 stays in service" in again.stderr
+    assert production(ArtifactStore(str(home / "store")))[0] == "v1"
 
 
 def test_killed_during_pretrain_the_rerun_resumes_it(home: Path, first_run: subprocess.CompletedProcess) -> None:
@@ -195,3 +265,29 @@ def test_killed_during_pretrain_the_rerun_resumes_it(home: Path, first_run: subp
     assert f"Task run 'pretrain' - resumed from step {saved}" in rerun.stderr and saved >= 10
     record = json.loads((home / "store" / "_runs" / f"{key}.json").read_text())
     assert record["attempt"] == 2, "one submission before the crash, one after: no duplicate"
+
+
+def test_a_new_shard_reruns_the_data_prep_it_feeds_and_nothing_else(
+    home: Path, first_run: subprocess.CompletedProcess
+) -> None:
+    store = ArtifactStore(str(home / "store"))
+    before = store.resolve("nano3-pretrain-data:latest")
+    shard = home / "fresh-news.jsonl"
+    shard.write_text("".join(json.dumps({"text": f"Document {n} of the new shard says something new. " * 3}) + "\n"
+                             for n in range(50)))
+    added = nemotron(home, "data", "add", str(shard))
+    assert added.returncode == 0, added.stderr
+    assert f"added 1 shard to {home / 'store' / 'sources' / 'pretrain-corpus'}" in added.stdout
+    assert "data_prep/pretrain corpus: new data in" in added.stdout and "event nano3.data.arrived sent" in added.stdout
+    (arrived,) = gate_events(home, "nano3.data.arrived", 1)
+    assert arrived.resource.id == "nano3.source.data_prep-pretrain.corpus" and arrived.payload["shards"] == 2
+
+    stages = ("data_prep/pretrain", "data_prep/sft")
+    run = nano3(home, "--stages", ",".join(stages), *[o for o in CI_RUN if o.split(":")[0] in stages])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert statuses(run.stdout) == {"data_prep/pretrain": "ran", "data_prep/sft": "cached"}
+    after = store.resolve("nano3-pretrain-data:latest")
+    assert after.version != before.version
+    assert after.metrics["num_documents"] == before.metrics["num_documents"] + 50
+    status = nemotron(home, "data", "status")
+    assert "up to date" in status.stdout, status.stdout
