@@ -130,8 +130,14 @@ def offline_shards(name: str, size: int) -> Path:
 
 
 def describe(source: DataSource, store: ArtifactStore) -> str:
-    """One line for the dry-run: what the stage would read, and its fingerprint."""
-    found = check(source, store)
+    """One line for the dry-run: what the stage would read, and its fingerprint. A plan never
+    waits on the network: a remote source is looked at when the run starts."""
+    if "://" in source.url and not source.url.startswith("file://"):
+        return f"{source.section}: {source.url}: remote; the run takes its fingerprint when it starts"
+    try:
+        found = check(source, store)
+    except ConfigError as exc:
+        return f"{source.section}: {source.url}: {exc.message} (a run stops here)"
     if found is None:
         return (f"{source.section}: {source.url}: empty; the first run fills it with {source.fill_bytes / 1e6:.1f} MB "
                 f"from {source.fill_from}")

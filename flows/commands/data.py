@@ -37,7 +37,8 @@ def _resolved(config: str, stage_id: str | None, overrides: list[str]):  # noqa:
 @user_errors
 def add(
     ctx: typer.Context,
-    paths: Annotated[list[Path], typer.Argument(help="Shards (*.jsonl, *.parquet, *.txt) or folders of them.")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="Shards (*.jsonl, *.parquet, *.txt) or folders of them, then any key=value overrides of the config.")],
     config: ConfigOption = "tiny",
     stage: StageOption = "data_prep/pretrain",
 ) -> None:
@@ -48,7 +49,10 @@ def add(
     from tasks.data_arrivals import announce, states
     from tasks.job_config import COMMAND_LINE
 
-    jobs, store = _resolved(config, stage, ctx.args)
+    # key=value tokens after the paths are the config's overrides (corpus.path=…), as for a run.
+    overrides = [str(p) for p in paths if "=" in str(p) and not p.exists()]
+    paths = [p for p in paths if str(p) not in overrides]
+    jobs, store = _resolved(config, stage, [*overrides, *ctx.args])
     found = data_sources.data_sources(jobs[0], store)
     if not found:
         raise ConfigError(f"stage {stage} reads no `files` data source in config {config}", file=COMMAND_LINE, key="--stage")

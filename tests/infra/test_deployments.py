@@ -7,13 +7,16 @@ One module-scoped server, deployment, worker and run; each test checks one side 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -226,3 +229,124 @@ def wait_for_deployment(api_url: str, name: str, process: subprocess.Popen, log:
                 pass
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(1)
+
+
+# --- retraining: new data triggers a run; a rejection and a failure are notified -----------------
+# These run last in the module: the first changes the retrain deployment's parameters.
+
+#: What the triggered run does here: the data prep that reads the source, at test size.
+QUICK_RETRAIN = {"stages": ["data_prep/pretrain"],
+                 "overrides": ["tokenizer.vocab_size=1024", "split.valid_fraction=0.05"]}
+
+
+def test_the_retrain_deployment_has_an_event_trigger_and_the_watcher_is_deployed(api_url: str, deployed: str) -> None:
+    with prefect_client(api_url) as client:
+        deployment = client.read_deployment_by_name(deployed)
+        watcher = client.read_deployment_by_name("nano3-data-watch/watch-data")
+        automations = client.read_automations_by_name("nano3: retrain on new data")
+    assert watcher.work_pool_name == POOL and [s.schedule.interval.total_seconds() for s in watcher.schedules] == [600]
+    (automation,) = automations
+    assert automation.trigger.expect == {"nano3.data.arrived"}
+    assert automation.trigger.match.model_dump() == {"prefect.resource.id": "nano3.source.*"}
+    assert automation.actions[0].deployment_id == deployment.id
+
+
+def test_a_shard_added_with_the_cli_starts_the_retrain_deployment(api_url: str, deployed: str, worker: subprocess.Popen,
+                                                                 worker_home: Path, tmp_path: Path) -> None:
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
+
+    from recipes.nano3.data_prep import corpus
+    from tasks.artifacts import ArtifactStore
+
+    store = worker_home / "store"
+    with prefect_client(api_url) as client:
+        deployment = client.read_deployment_by_name(deployed)
+        client.update_deployment(deployment.id, DeploymentUpdate(parameters={**deployment.parameters, **QUICK_RETRAIN}))
+        before = {run.id for run in client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))}
+    # A shard of real text: the first 300 kB of the offline corpus.
+    texts, size = [], 0
+    for text in corpus.python_docstrings():
+        if len(text) >= corpus.MIN_CHARS:
+            texts.append(json.dumps({"text": text}) + "\n")
+            size += len(text)
+        if size > 300_000:
+            break
+    shard = tmp_path / "news-2026-12.jsonl"
+    shard.write_text("".join(texts))
+    env = prefect_env(tmp_path / "user", api_url, NANO3_ARTIFACTS_ROOT=str(store))
+    added = subprocess.run([sys.executable, "-m", "flows.cli", "data", "add", str(shard)],
+                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert added.returncode == 0, added.stderr
+    assert "event nano3.data.arrived sent" in added.stdout, added.stdout
+
+    deadline = time.monotonic() + 600
+    with prefect_client(api_url) as client:
+        while True:
+            runs = [run for run in client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))) if run.id not in before]
+            if runs and runs[0].state is not None and runs[0].state.is_final():
+                break
+            assert time.monotonic() < deadline, (worker_home / "worker.log").read_text()[-4000:]
+            time.sleep(2)
+        (triggered,) = runs
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[triggered.id])))
+    assert triggered.state.is_completed(), (worker_home / "worker.log").read_text()[-4000:]
+    assert triggered.created_by is not None and triggered.created_by.type == "AUTOMATION"
+    assert [(t.name, t.state.type.value) for t in task_runs] == [("data_prep/pretrain", "COMPLETED")]
+    made = ArtifactStore(str(store)).resolve("nano3-pretrain-data:latest")
+    assert made.metrics["num_documents"] == len(texts)  # the shard's documents, and nothing filled in
+
+
+class Hook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Hook.received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_rejected_candidate_and_a_failed_run_are_notified(api_url: str, deployed: str, worker: subprocess.Popen,
+                                                           tmp_path: Path) -> None:
+    from prefect.deployments import run_deployment
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.gate import GateDecision, emit_decision
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = prefect_env(tmp_path, api_url)
+        made = subprocess.run([sys.executable, "-m", "deployments.notifications", "--webhook",
+                               f"http://127.0.0.1:{server.server_port}/nano3"], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert made.returncode == 0, made.stderr
+        assert made.stdout.splitlines() == ["automation 'nano3: model rejected' created",
+                                            "automation 'nano3: run failed' created"]
+        time.sleep(5)  # the server loads new automations on its next refresh
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            # The event the gate sends when it keeps the model in service (tasks/gate.py).
+            emit_decision(GateDecision(
+                verdict="rejected", reason="worse: exact_match 0.1 vs 0.9 in service", metric="exact_match",
+                direction="higher", tolerance=0.05, candidate="nano3-model-hf:v7", production="nano3-model-hf:v6",
+            ), "nano3-model-hf")
+            EventsWorker.drain_all()
+            failed = run_deployment(DEPLOYMENT, parameters={"config": "no-such-config"}, timeout=300, poll_interval=2)
+        assert failed.state is not None and failed.state.is_failed()
+        deadline = time.monotonic() + 120
+        while len(Hook.received) < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+    finally:
+        server.shutdown()
+    subjects = sorted(message["subject"] for message in Hook.received)
+    assert subjects == ["nano3: candidate nano3-model-hf:v7 rejected", f"nano3: flow run {failed.name} failed"], Hook.received
+    bodies = {message["subject"]: message["body"] for message in Hook.received}
+    assert bodies["nano3: candidate nano3-model-hf:v7 rejected"] == "worse: exact_match 0.1 vs 0.9 in service"
+    assert "no config named 'no-such-config'" in bodies[f"nano3: flow run {failed.name} failed"]
