@@ -171,6 +171,8 @@ def _data_prep(
     key_metrics: tuple[str, ...],
     at_scale: Launcher = "direct",
     sources: tuple[str, ...] = (),
+    consumes: tuple[tuple[str, str], ...] = (),
+    optional: tuple[str, ...] = (),
 ) -> Stage:
     """A data prep stage: one script for both backends. `at_scale` is backend megatron's launcher:
     `ray` starts a Ray cluster over the job's nodes and the recipe fans its encoding out on it."""
@@ -178,15 +180,16 @@ def _data_prep(
         id=f"data_prep/{kind}",
         folder=f"data_prep/{kind}",
         script="prep.py",
-        consumes=(),
+        consumes=consumes,
         produces=produces,
         artifact=f"nano3-{kind}-data",
         description=description,
         key_metrics=key_metrics,
         alternatives=(
-            ("megatron", Runtime("prep.py", (), produces, launcher=at_scale, key_metrics=key_metrics)),
+            ("megatron", Runtime("prep.py", consumes, produces, launcher=at_scale, key_metrics=key_metrics)),
         ),
         sources=sources,
+        optional=optional,
     )
 
 
@@ -203,6 +206,9 @@ STAGES: tuple[Stage, ...] = (
         ("num_tokens_train", "vocab_size"),
         at_scale="ray",
         sources=("corpus",),
+        # A warm start keeps the vocabulary of the model it continues from (run.tokenizer_from).
+        consumes=(("tokenizer_from", "checkpoint_hf"),),
+        optional=("tokenizer_from",),
     ),
     _data_prep("sft", "training_jsonl", "Chat-format SFT data with held-out problems.", ("train_examples", "valid_examples")),
     _data_prep("rl", "training_jsonl", "Prompts with verifiable answers for RL.", ("train_prompts", "valid_prompts")),
@@ -210,7 +216,9 @@ STAGES: tuple[Stage, ...] = (
         id="pretrain",
         folder="pretrain",
         script="train.py",
-        consumes=(("data", "binidx"),),
+        # init_from: a warm start from that model (the one in service) instead of from scratch.
+        consumes=(("data", "binidx"), ("init_from", "checkpoint_hf")),
+        optional=("init_from",),
         produces="checkpoint_hf",
         artifact="nano3-pretrain-model",
         launcher="torchrun",

@@ -77,10 +77,9 @@ def add(
         fs.makedirs(root, exist_ok=True)
         fs.put_file(str(shard), f"{root}/_{shard.name}")
         fs.mv(f"{root}/_{shard.name}", f"{root}/{shard.name}")
-    out = wide_console()
-    out.print(f"added {len(shards)} shard{'s' if len(shards) != 1 else ''} to {source.url}")
+    print(f"added {len(shards)} shard{'s' if len(shards) != 1 else ''} to {source.url}")
     for state in states(jobs, store):
-        announce(state, store, say=out.print)
+        announce(state, store, say=print)
 
 
 @data_app.command("status", context_settings=OVERRIDES)

@@ -150,3 +150,59 @@ def test_a_bad_data_input_fails_clearly_and_writes_no_manifest(
     assert f"error: input 'data' at {data} {expected}" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "output" / "manifest.json").exists()
+
+
+def test_a_warm_start_continues_from_the_model_and_keeps_its_tokenizer(
+    resumed_run: ResumedRun, tmp_path: Path
+) -> None:
+    """New data, the model in service's tokenizer kept (data prep tokenizer_from), its weights
+    continued (pretrain init_from): training starts where that model ended, not from scratch."""
+    from tests.recipes.conftest import PRETRAIN_OVERRIDES
+
+    model = (resumed_run.folder, "checkpoint_hf")
+    data_config = write_resolved_config(
+        tmp_path / "data.yaml", "data_prep/pretrain", config_path("data_prep/pretrain"), tmp_path / "data",
+        tmp_path / "data-work", inputs={"tokenizer_from": model},
+        overrides={**PRETRAIN_OVERRIDES, "corpus.max_bytes": 200_000},  # other data than the model saw
+    )
+    prepared = run_recipe("data_prep/pretrain", data_config)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert "tokenizer: kept from " in prepared.stdout
+    kept = json.loads((tmp_path / "data" / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert kept == json.loads((resumed_run.folder / "tokenizer.json").read_text())["model"]["vocab"]
+
+    config = write_resolved_config(
+        tmp_path / "warm.yaml", "pretrain", config_path("pretrain"), tmp_path / "output", tmp_path / "work",
+        inputs={"data": (tmp_path / "data", "binidx"), "init_from": model},
+        overrides={"model": SMALL_MODEL, **SMALL_TRAIN, "train.train_iters": 5, "train.eval_interval": 5},
+    )
+    warm = run_recipe("pretrain", config)
+    assert warm.returncode == 0, warm.stderr[-3000:]
+    assert "warm start: weights of " in warm.stdout
+    metrics = json.loads((tmp_path / "output" / "manifest.json").read_text())["metrics"]
+    cold = resumed_run.manifest["metrics"]
+    # A fresh model starts near ln(vocab); the continued one near where the first run ended.
+    assert metrics["valid_loss_start"] < cold["valid_loss_start"] - 1.0, (metrics, cold)
+
+
+def test_a_warm_start_from_another_vocabulary_is_refused(resumed_run: ResumedRun, pretrain_data: Path,
+                                                         tmp_path: Path) -> None:
+    import shutil
+
+    from tokenizers import Tokenizer
+
+    other = tmp_path / "other-model"
+    shutil.copytree(resumed_run.folder, other)
+    tokenizer = Tokenizer.from_file(str(other / "tokenizer.json"))
+    tokenizer.add_tokens(["<a-token-the-data-lacks>"])
+    tokenizer.save(str(other / "tokenizer.json"))
+    config = write_resolved_config(
+        tmp_path / "warm.yaml", "pretrain", config_path("pretrain"), tmp_path / "output", tmp_path / "work",
+        inputs={"data": (pretrain_data, "binidx"), "init_from": (other, "checkpoint_hf")},
+        overrides={"model": SMALL_MODEL, **SMALL_TRAIN},
+    )
+    refused = run_recipe("pretrain", config)
+    assert refused.returncode != 0
+    assert "error: cannot warm start from other-model:v1: its vocabulary" in refused.stderr, refused.stderr[-2000:]
+    assert "set data_prep/pretrain's run.tokenizer_from" in refused.stderr
+    assert not (tmp_path / "output" / "manifest.json").exists()

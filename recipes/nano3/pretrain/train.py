@@ -118,6 +118,22 @@ def held_out_loss(model: Any, windows: np.ndarray, batch_size: int, placement: A
     return sum(losses) / len(losses)
 
 
+def warm_start(ctx: runtime.RecipeContext, tokenizer: Any, placement: Any) -> Any:
+    """The model of input `init_from`, to continue training; its vocabulary must be the data's."""
+    from recipes.nano3 import hf_model
+
+    ref = ctx.inputs["init_from"]
+    model, its_tokenizer = hf_model.load_model(ctx.input_path("init_from"), placement)
+    if its_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise SystemExit(
+            f"error: cannot warm start from {ref.name}:{ref.version}: its vocabulary ({len(its_tokenizer)} tokens) is not "
+            f"the data's ({len(tokenizer)}); set data_prep/pretrain's run.tokenizer_from to {ref.name}:{ref.version}'s "
+            "alias too, so the data is encoded with its tokenizer"
+        )
+    print(f"warm start: weights of {ref.name}:{ref.version} ({ref.digest[:19]}…)", flush=True)
+    return model
+
+
 def main() -> None:
     ctx = runtime.start()
     check_inputs(ctx)
@@ -136,7 +152,10 @@ def main() -> None:
         [TokenStream(p) for _, p in read_blend(data, "validation")], seq_length, int(train.eval_iters) * batch_size
     )
 
-    model = hf_model.build_model(OmegaConf.to_container(cfg.model, resolve=True), tokenizer).to(placement.device)
+    if "init_from" in ctx.inputs:
+        model = warm_start(ctx, tokenizer, placement)
+    else:
+        model = hf_model.build_model(OmegaConf.to_container(cfg.model, resolve=True), tokenizer).to(placement.device)
     hf_model.set_mamba_chunk_size(model, int(train.get("mamba_chunk_size", 128)))
     optimizer, scheduler = hf_model.make_optimizer(model, train)
     state = hf_model.TrainingState(model, optimizer, scheduler, np.random.default_rng(ctx.seed))
@@ -174,6 +193,7 @@ def main() -> None:
             "seq_length": seq_length,
             "tokens_seen": state.step * batch_size * seq_length,
             "device": str(placement.device),
+            "warm_start": f"{ctx.inputs['init_from'].name}:{ctx.inputs['init_from'].version}" if "init_from" in ctx.inputs else None,
         },
     )
 

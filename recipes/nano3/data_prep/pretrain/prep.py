@@ -92,12 +92,22 @@ def build_corpus(ctx: runtime.RecipeContext) -> None:
 
 
 def train_tokenizer(ctx: runtime.RecipeContext) -> None:
+    """Train the BPE on the train split, or keep the tokenizer of input `tokenizer_from` (a warm
+    start's model: its embedding rows are that tokenizer's ids)."""
     tok_cfg = ctx.config.tokenizer
     folder = runtime.checkpoint_dir(ctx.work_dir, TOKENIZER_STEP)
     folder.mkdir(parents=True, exist_ok=True)
-    documents = corpus.read_texts(runtime.checkpoint_dir(ctx.work_dir, CORPUS_STEP) / "train.jsonl")
-    trained = tokenizer.train(documents, int(tok_cfg.vocab_size), list(tok_cfg.special_tokens))
-    trained.save(str(folder / "tokenizer.json"))
+    if "tokenizer_from" in ctx.inputs:
+        kept = ctx.input_path("tokenizer_from") / "tokenizer.json"
+        if not kept.is_file():
+            raise SystemExit(f"error: input 'tokenizer_from' at {kept.parent} has no tokenizer.json: expected a checkpoint_hf artifact")
+        shutil.copyfile(kept, folder / "tokenizer.json")
+        ref = ctx.inputs["tokenizer_from"]
+        print(f"tokenizer: kept from {ref.name}:{ref.version} (not trained)", flush=True)
+    else:
+        documents = corpus.read_texts(runtime.checkpoint_dir(ctx.work_dir, CORPUS_STEP) / "train.jsonl")
+        trained = tokenizer.train(documents, int(tok_cfg.vocab_size), list(tok_cfg.special_tokens))
+        trained.save(str(folder / "tokenizer.json"))
     complete(ctx, TOKENIZER_STEP)
 
 
@@ -194,6 +204,8 @@ def main() -> None:
             "too_short_dropped": stats["too_short"],
             "pre_tokenizer": "Sequence([Digits(individual_digits=True), ByteLevel(add_prefix_space=False)])",
             "special_tokens": special_tokens,
+            "tokenizer_from": f"{ctx.inputs['tokenizer_from'].name}:{ctx.inputs['tokenizer_from'].version}"
+            if "tokenizer_from" in ctx.inputs else None,
             "eos_appended": True,
             "seed": ctx.seed,
         },
