@@ -266,9 +266,10 @@ def test_a_shard_added_with_the_cli_starts_the_retrain_deployment(api_url: str, 
         before = {run.id for run in client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))}
     # A shard of real text: the first 300 kB of the offline corpus.
-    texts, size = [], 0
+    texts, size, seen = [], 0, set()
     for text in corpus.python_docstrings():
-        if len(text) >= corpus.MIN_CHARS:
+        if len(text.strip()) >= corpus.MIN_CHARS and text not in seen:
+            seen.add(text)
             texts.append(json.dumps({"text": text}) + "\n")
             size += len(text)
         if size > 300_000:
