@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 
 from blocks.settings import WandbConfig
 from flows.detached import check_detachable, submit_jobs
+from flows.promotion import gate_stage
 from flows.run_options import RunOptions, take_resolved
 from tasks.artifacts import ArtifactStore, ArtifactVersion, open_store
 from tasks.job_config import JobConfig
@@ -38,32 +38,8 @@ def nano3_pipeline(
     results = execute_stages(jobs, store, context.wandb)
     evaluated = next(((job, r) for job, r in zip(jobs, results) if job.stage.id == "eval"), None)
     if evaluated is not None:
-        gate_stage(evaluated[0], evaluated[1], store, context.wandb)
+        gate_stage(evaluated[0], evaluated[1].artifact, evaluated[1].inputs, store, context.wandb)
     return results
-
-
-@task(name="gate", cache_policy=NO_CACHE)
-def gate_stage(job: JobConfig, evaluation: StageResult, store: ArtifactStore, wandb: WandbConfig | None) -> str:
-    """The promotion gate after eval (tasks.gate): promote or reject, say so in an artifact and an event."""
-    from prefect.artifacts import create_markdown_artifact
-
-    from tasks.gate import ARTIFACT_KEY, emit_decision, gate_config, markdown, run_gate
-
-    logger = get_run_logger()
-    gate = gate_config(job.recipe_config.get("run"), str(job.config_file))
-    if gate is None:
-        logger.info("eval: its config sets no run.gate; nothing is promoted")
-        return "no gate"
-    decision, move = run_gate(gate, evaluation.artifact, evaluation.inputs, store, say=logger.info)
-    create_markdown_artifact(key=ARTIFACT_KEY, markdown=markdown(decision), description="nano3 evaluation gate")
-    candidate = evaluation.inputs["model"]
-    emit_decision(decision, candidate.name)
-    if move is not None:
-        from tasks.lineage import mirror_to_wandb
-        from tasks.stage_task import store_wandb_dir
-
-        mirror_to_wandb(wandb, "promote", candidate, {"eval": evaluation.artifact}, store_wandb_dir(store), aliases=(move.alias,))
-    return decision.verdict
 
 
 def execute_stages(

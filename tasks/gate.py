@@ -12,7 +12,10 @@ evaluated the candidate (`run.model`) and the model in service (`run.production`
   eval saw it (tasks.aliases), mirrored to W&B, event `nano3.model.promoted`;
 - worse: production stays, event `nano3.model.rejected`.
 
-Every decision is a Prefect artifact `nano3-gate`: both models' metrics side by side.
+Every decision is a Prefect artifact `nano3-gate`: both models' metrics side by side. A decision
+is recorded in the registry (`_registry/<model>/gate/`) the first time it is made; a later run
+that makes the same one (same candidate, model in service and eval) says it again in its log and
+artifact but sends no second event, so a weekly run with nothing new notifies nobody twice.
 """
 
 from __future__ import annotations
@@ -127,6 +130,14 @@ def markdown(decision: GateDecision) -> str:
         lines.append(f"| {name}{mark} | {_cell(candidate)} | {_cell(production)} |")
     lines += ["", f"gate: {decision.metric}, {decision.direction} is better, tolerance {decision.tolerance:g}"]
     return "\n".join(lines) + "\n"
+
+
+def record_decision(store: ArtifactStore, decision: GateDecision, evaluation: ArtifactVersion, model: str) -> bool:
+    """Keep the decision in the registry; False where this same decision was recorded before."""
+    candidate = decision.candidate.rpartition(":")[2]
+    production = decision.production.rpartition(":")[2] if decision.production else "none"
+    path = store._path("_registry", model, "gate", f"{candidate}-vs-{production}-{evaluation.version}.json")
+    return store._create_exclusive(path, decision.model_dump_json(indent=2))
 
 
 def emit_decision(decision: GateDecision, model: str) -> None:

@@ -66,6 +66,22 @@ def test_the_first_candidate_is_promoted_then_only_a_better_one(store: ArtifactS
     assert same.verdict == "in_service" and move is None
 
 
+def test_a_decision_is_recorded_once(store: ArtifactStore) -> None:
+    """The same verdict on the same candidate, production and eval is news only the first time."""
+    from tasks.gate import record_decision
+
+    v1, v2 = store.resolve("model:v1"), store.resolve("model:v2")
+    aliases.promote(store, "model:v1")
+    rejected, _ = run_gate(HIGHER, evaluation(store, "v2", exact_match=0.4, production_exact_match=0.5),
+                           {"model": v2, "production": v1}, store)
+    eval_v2 = store.resolve("eval:v2")
+    assert record_decision(store, rejected, eval_v2, "model") is True
+    assert record_decision(store, rejected, eval_v2, "model") is False
+    assert record_decision(store, rejected, store.resolve("eval:v3"), "model") is True, "another eval is news"
+    assert sorted(p.name for p in Path(store.root, "_registry", "model", "gate").iterdir()) == [
+        "v2-vs-v1-v2.json", "v2-vs-v1-v3.json"]
+
+
 def test_a_production_moved_since_the_eval_is_not_compared_with(store: ArtifactStore) -> None:
     v1, v2, v3 = (store.resolve(f"model:v{n}") for n in (1, 2, 3))
     aliases.promote(store, "model:v1")

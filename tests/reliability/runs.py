@@ -105,8 +105,9 @@ def registry_problems(store: ArtifactStore) -> list[str]:
     registry = Path(store.root, "_registry")
     for folder in sorted(registry.glob("*")) if registry.exists() else []:
         numbers = sorted(int(p.stem[1:]) for p in folder.glob("v*.json"))
-        # `aliases/` holds the moves of `production` and the like (tasks/aliases.py).
-        leftovers = [p.name for p in folder.iterdir() if p.suffix != ".json" and p.name != "aliases"]
+        # `aliases/` holds the moves of `production` and the like (tasks/aliases.py), `gate/` the
+        # evaluation gate's decisions (tasks/gate.py).
+        leftovers = [p.name for p in folder.iterdir() if p.suffix != ".json" and p.name not in ("aliases", "gate")]
         if leftovers:
             problems.append(f"{folder.name}: left behind {leftovers}")
         for number in numbers:
