@@ -168,7 +168,8 @@ def test_help_lists_the_seeds_commands() -> None:
     stage = runner.invoke(app, ["nano3", "pretrain", "--help"])
     for option in ("--config", "--run", "--batch", "--dry-run", "-c", "-r", "-b", "-d"):
         assert option in stage.stdout
-    assert "Consumes: data (binidx). Produces: checkpoint_hf (nano3-pretrain-model)." in stage.stdout
+    assert ("Consumes: data (binidx), init_from (checkpoint_hf, optional). Produces: checkpoint_hf "
+            "(nano3-pretrain-model).") in " ".join(stage.stdout.split())
 
 
 def test_an_unknown_option_is_a_usage_error() -> None:

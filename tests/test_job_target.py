@@ -45,7 +45,8 @@ def job(isolated: Path) -> JobConfig:
          "job_dir": str(isolated / "jobs"), "env_vars": {"HF_TOKEN": HF_TOKEN}},
         file="env.toml", section="cluster",
     )
-    return build_job_config(STAGES_BY_ID["data_prep/pretrain"], "tiny", profile=profile, profile_name="cluster",
+    # A stage without a data source: the store is never contacted.
+    return build_job_config(STAGES_BY_ID["data_prep/sft"], "tiny", profile=profile, profile_name="cluster",
                             profile_origin="test")
 
 

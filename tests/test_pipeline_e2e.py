@@ -235,7 +235,7 @@ def test_after_a_rollback_the_gate_compares_with_the_restored_model(
 def test_killed_during_pretrain_the_rerun_resumes_it(home: Path, first_run: subprocess.CompletedProcess) -> None:
     stages = ("data_prep/pretrain", "pretrain")
     args = ["--stages", ",".join(stages), *[o for o in CI_RUN if o.split(":")[0] in stages],
-            "pretrain:train.train_iters=80", "pretrain:train.save_interval=10"]
+            "pretrain:train.train_iters=40", "pretrain:train.save_interval=10"]
     log = (home / "killed.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "flows.nano3", *args], cwd=home, env=environment(home), stdout=log,
                             stderr=log)

@@ -49,7 +49,9 @@ def _configs(stage: Stage) -> str:
 
 
 def _help(stage: Stage) -> str:
-    consumes = ", ".join(f"{name} ({kind})" for name, kind in stage.consumes) or "nothing"
+    consumes = ", ".join(
+        f"{name} ({kind}{', optional' if name in stage.optional else ''})" for name, kind in stage.consumes
+    ) or "nothing"
     return (
         f"{stage.description}\n\n"
         f"Consumes: {consumes}. Produces: {stage.produces} ({stage.artifact}). Configs: {_configs(stage)}.\n\n"
