@@ -93,10 +93,11 @@ def install(webhook: str | None, block: str | None) -> list[str]:
         document_id = loaded._block_document_id
     names = []
     for automation in automations(document_id):
-        try:
-            Automation.read(name=automation.name).delete()
-        except ValueError:
-            pass
+        while True:  # every automation of that name, so a rerun replaces rather than doubles
+            try:
+                Automation.read(name=automation.name).delete()
+            except ValueError:
+                break
         automation.create()
         names.append(automation.name)
     return names
