@@ -327,12 +327,15 @@ def test_a_rejected_candidate_and_a_failed_run_are_notified(api_url: str, deploy
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         env = prefect_env(tmp_path, api_url)
-        made = subprocess.run([sys.executable, "-m", "deployments.notifications", "--webhook",
-                               f"http://127.0.0.1:{server.server_port}/nano3"], cwd=PROJECT_ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert made.returncode == 0, made.stderr
+        for _ in range(2):  # run again: the automations are replaced, not doubled
+            made = subprocess.run([sys.executable, "-m", "deployments.notifications", "--webhook",
+                                   f"http://127.0.0.1:{server.server_port}/nano3"], cwd=PROJECT_ROOT, env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert made.returncode == 0, made.stderr
         assert made.stdout.splitlines() == ["automation 'nano3: model rejected' created",
                                             "automation 'nano3: run failed' created"]
+        with prefect_client(api_url) as client:
+            assert [len(client.read_automations_by_name(name)) for name in ("nano3: model rejected", "nano3: run failed")] == [1, 1]
         time.sleep(5)  # the server loads new automations on its next refresh
         with temporary_settings({PREFECT_API_URL: api_url}):
             # The event the gate sends when it keeps the model in service (tasks/gate.py).
