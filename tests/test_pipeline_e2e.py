@@ -152,6 +152,52 @@ def test_prefect_shows_the_run_its_artifacts_and_the_asset_graph(home: Path, fir
     assert promoted.payload["candidate"] == latest["nano3-model-hf"].ref and promoted.payload["production"] is None
 
 
+USER_TASK = """task: user_arithmetic
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}/valid.jsonl
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{messages[0].content}}}}"
+doc_to_target: "{{{{messages[1].content}}}}"
+generation_kwargs:
+  until: ["<end>"]
+  do_sample: false
+  max_gen_toks: 6
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_the_export_loads_where_users_load_models(home: Path, first_run: subprocess.CompletedProcess,
+                                                  tmp_path: Path) -> None:
+    """lm-eval's own command line and plain transformers on the exported folder, from another
+    folder and with nothing of the project importable: the same answers, the eval's level."""
+    store = ArtifactStore(str(home / "store"))
+    export, data = store.resolve("nano3-model-hf:v1").uri, store.resolve("nano3-sft-data:latest").uri
+    (tmp_path / "user_arithmetic.yaml").write_text(USER_TASK.format(data=data))
+    offline = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    offline.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HOME=str(tmp_path))
+    bin_dir = Path(sys.executable).parent
+    lm_eval = subprocess.run(
+        [str(bin_dir / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={export},dtype=float32",
+         "--tasks", "user_arithmetic", "--include_path", str(tmp_path), "--limit", "20", "--apply_chat_template",
+         "--device", "cpu", "--batch_size", "8", "--output_path", str(tmp_path / "results")],
+        cwd=tmp_path, env=offline, capture_output=True, text=True, timeout=600)
+    assert lm_eval.returncode == 0, lm_eval.stderr[-3000:]
+    (results,) = (tmp_path / "results").rglob("results_*.json")
+    by_lm_eval = json.loads(results.read_text())["results"]["user_arithmetic"]["exact_match,none"]
+
+    script = Path(__file__).parent / "user_side" / "generate.py"
+    generated = subprocess.run([sys.executable, "-I", str(script), export, f"{data}/valid.jsonl"], cwd=tmp_path,
+                               env=offline, capture_output=True, text=True, timeout=600)
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    plain = json.loads(generated.stdout.splitlines()[-1])
+    assert plain["project_code"] == []
+    assert by_lm_eval >= 0.5 and abs(by_lm_eval - plain["right"] / plain["of"]) <= 0.1, (by_lm_eval, plain)
+
+
 def production(store: ArtifactStore) -> tuple[str, str] | None:
     """The version the registry's `production` alias names, and its digest."""
     found = store.find("nano3-model-hf:production")
