@@ -68,10 +68,11 @@ def submit_jobs(jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig 
         if store.read_manifest(prepared.output_url) is not None:
             result = run_prepared_stage(prepared, store, wandb)  # verifies and publishes; submits nothing
             produced[result.artifact.name] = result.artifact
+            detail = result.artifact.ref
             if stage.id == "eval":  # as an attached run does once eval is done
-                gate_stage(job, result.artifact, result.inputs, store, wandb)
+                detail += "; gate " + gate_stage(job, result.artifact, result.inputs, store, wandb)
             published.append((result.stage, result.artifact, result.inputs))
-            results.append(Submission(stage=stage.id, status="done", detail=result.artifact.ref))
+            results.append(Submission(stage=stage.id, status="done", detail=detail))
             continue
         unfinished[stage.artifact] = stage.id
         record = store.read_record(prepared.cache_key)

@@ -36,9 +36,10 @@ def nano3_pipeline(
         check_detachable(context)
         return submit_jobs(jobs, store, context.wandb)  # type: ignore[return-value]
     results = execute_stages(jobs, store, context.wandb)
-    evaluated = next(((job, r) for job, r in zip(jobs, results) if job.stage.id == "eval"), None)
-    if evaluated is not None:
-        gate_stage(evaluated[0], evaluated[1].artifact, evaluated[1].inputs, store, context.wandb)
+    for index, (job, result) in enumerate(zip(jobs, results)):
+        if job.stage.id == "eval":
+            verdict = gate_stage(job, result.artifact, result.inputs, store, context.wandb)
+            results[index] = result.model_copy(update={"gate": verdict})
     return results
 
 

@@ -46,6 +46,13 @@ def summary_table(results: list[StageResult], title: str = "nano3") -> Table:
     return table
 
 
+def gate_lines(results: list[StageResult]) -> list[str]:
+    """What the run did to the model in service (promoted, rejected, nothing to do), a line each.
+
+    getattr: a cached stage's result is the one Prefect stored, maybe from before StageResult had `gate`."""
+    return [f"gate: {gate}" for result in results if (gate := getattr(result, "gate", None))]
+
+
 def submissions_table(submissions: list[Submission]) -> Table:
     table = Table(title="nano3 submissions (detached)")
     for column in ("stage", "status", "experiment", "job id", "detail"):

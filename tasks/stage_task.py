@@ -45,6 +45,8 @@ class StageResult(BaseModel):
     seconds: float
     artifact: ArtifactVersion
     inputs: dict[str, ArtifactVersion]
+    #: What the promotion gate made of an eval's output (flows.promotion), one line.
+    gate: str | None = None
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,7 @@ def test_a_rerun_does_no_work(home: Path, first_run: subprocess.CompletedProcess
     assert records(home) == before, "a cached rerun submits nothing"
     # The schedule fired with no new data: nothing to promote, and the run says so.
     assert "gate: in_service: the candidate is the model in service (nano3-model-hf:v1)" in again.stderr
+    assert "gate: in_service: " in again.stdout, "the summary says what the gate did"
     assert production(ArtifactStore(str(home / "store")))[0] == "v1"
     print(f"cached rerun: {elapsed:.1f} s")
 
@@ -252,6 +253,7 @@ def test_a_worse_candidate_is_rejected_and_production_stays(home: Path, first_ru
     assert {"production_exact_match", "production_bits_per_byte"} <= set(evaluation.metrics)
     assert evaluation.metrics["exact_match"] < evaluation.metrics["production_exact_match"] - 0.05
     assert "gate: rejected: worse: exact_match" in changed.stderr and "nano3-model-hf:v1 stays in service" in changed.stderr
+    assert "gate: rejected: worse: exact_match" in changed.stdout
     assert production(store)[0] == "v1" and store.latest("nano3-model-hf").version == "v2"
     (rejected,) = gate_events(home, "nano3.model.rejected", 1)
     assert rejected.resource.id == "nano3.model.nano3-model-hf"

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from flows.summary import summary_table
+from flows.summary import gate_lines, summary_table
 from tasks.artifacts import ArtifactVersion
 from tasks.stage_task import StageResult
 from tasks.stages import STAGES, STAGES_BY_ID
@@ -95,3 +95,20 @@ def test_the_table_reads_back() -> None:
     console = Console(width=300, record=True, file=io.StringIO())
     console.print(summary_table([result("sft", "checkpoint_hf", {}, status="cached"), result("rl", "checkpoint_hf", {})]))
     assert statuses(console.export_text()) == {"sft": "cached", "rl": "ran"}
+
+
+def test_the_gate_verdict_follows_the_table_and_old_cached_results_have_none() -> None:
+    import pickle
+
+    evaluated = result("eval", "eval_results", {"exact_match": 0.4}).model_copy(
+        update={"gate": "rejected: worse: exact_match 0.4 vs 0.9 in service; nano3-model-hf:v1 stays in service"})
+    # A result Prefect cached before StageResult had `gate` unpickles without the attribute.
+    old = result("convert", "checkpoint_hf", {})
+    del old.__dict__["gate"]
+    old = pickle.loads(pickle.dumps(old))
+    assert gate_lines([old, evaluated]) == [
+        "gate: rejected: worse: exact_match 0.4 vs 0.9 in service; nano3-model-hf:v1 stays in service"]
+    assert gate_lines([old]) == []
+    console = Console(width=300, record=True, file=io.StringIO())
+    console.print(summary_table([old, evaluated]))
+    assert statuses(console.export_text()) == {"convert": "ran", "eval": "ran"}
