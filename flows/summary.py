@@ -47,10 +47,8 @@ def summary_table(results: list[StageResult], title: str = "nano3") -> Table:
 
 
 def gate_lines(results: list[StageResult]) -> list[str]:
-    """What the run did to the model in service (promoted, rejected, nothing to do), a line each.
-
-    getattr: a cached stage's result is the one Prefect stored, maybe from before StageResult had `gate`."""
-    return [f"gate: {gate}" for result in results if (gate := getattr(result, "gate", None))]
+    """What the run did to the model in service (promoted, rejected, nothing to do), a line each."""
+    return [f"gate: {result.gate}" for result in results if result.gate]
 
 
 def submissions_table(submissions: list[Submission]) -> Table:

@@ -403,7 +403,9 @@ def run_prepared_stage(prepared: PreparedStage, store: ArtifactStore, wandb: Wan
         # The store, not Prefect's record, holds the truth: verify the output and publish it again
         # (`latest` points at it), as a run that finds the output does.
         artifact = _publish(prepared, store)
-        result = result.model_copy(update={"status": "cached", "seconds": 0.0, "artifact": artifact})
+        # Made anew, not copied: the cached result may be a StageResult of an earlier version of
+        # this class (Prefect stored it pickled), without the fields added since.
+        result = StageResult(stage=result.stage, status="cached", seconds=0.0, artifact=artifact, inputs=result.inputs)
     return result
 
 

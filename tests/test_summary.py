@@ -97,18 +97,13 @@ def test_the_table_reads_back() -> None:
     assert statuses(console.export_text()) == {"sft": "cached", "rl": "ran"}
 
 
-def test_the_gate_verdict_follows_the_table_and_old_cached_results_have_none() -> None:
-    import pickle
-
+def test_the_gate_verdict_follows_the_table() -> None:
     evaluated = result("eval", "eval_results", {"exact_match": 0.4}).model_copy(
         update={"gate": "rejected: worse: exact_match 0.4 vs 0.9 in service; nano3-model-hf:v1 stays in service"})
-    # A result Prefect cached before StageResult had `gate` unpickles without the attribute.
-    old = result("convert", "checkpoint_hf", {})
-    del old.__dict__["gate"]
-    old = pickle.loads(pickle.dumps(old))
-    assert gate_lines([old, evaluated]) == [
+    converted = result("convert", "checkpoint_hf", {})
+    assert gate_lines([converted, evaluated]) == [
         "gate: rejected: worse: exact_match 0.4 vs 0.9 in service; nano3-model-hf:v1 stays in service"]
-    assert gate_lines([old]) == []
+    assert gate_lines([converted]) == []
     console = Console(width=300, record=True, file=io.StringIO())
-    console.print(summary_table([old, evaluated]))
+    console.print(summary_table([converted, evaluated]))
     assert statuses(console.export_text()) == {"convert": "ran", "eval": "ran"}
