@@ -251,10 +251,18 @@ def test_the_retrain_deployment_has_an_event_trigger_and_the_watcher_is_deployed
     assert automation.actions[0].deployment_id == deployment.id
 
 
-def test_a_shard_added_with_the_cli_starts_the_retrain_deployment(api_url: str, deployed: str, worker: subprocess.Popen,
-                                                                 worker_home: Path, tmp_path: Path) -> None:
+def test_a_dropped_shard_is_announced_by_the_watcher_and_starts_the_retrain_deployment(
+    api_url: str, deployed: str, worker: subprocess.Popen, worker_home: Path
+) -> None:
+    """A shard uploaded into the source folder (no command): the watch-data deployment, run by the
+    worker, announces it; the retrain deployment's trigger starts a run that reads it. The
+    watcher's next run finds nothing new and starts nothing."""
     from prefect.client.schemas.actions import DeploymentUpdate
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import (
+        DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId,
+    )
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from recipes.nano3.data_prep import corpus
     from tasks.artifacts import ArtifactStore
@@ -265,7 +273,15 @@ def test_a_shard_added_with_the_cli_starts_the_retrain_deployment(api_url: str, 
         client.update_deployment(deployment.id, DeploymentUpdate(parameters={**deployment.parameters, **QUICK_RETRAIN}))
         before = {run.id for run in client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))}
-    # A shard of real text: the first 300 kB of the offline corpus.
+
+    def new_runs(client: SyncPrefectClient) -> list[FlowRun]:
+        # (Updating the deployment replaced its scheduled runs: those are the schedule's, not new.)
+        return [run for run in client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+            if run.id not in before and not run.auto_scheduled]
+
+    # A shard of real text (the first 300 kB of the offline corpus), uploaded as a writer does:
+    # under a name the source skips, then renamed.
     texts, size, seen = [], 0, set()
     for text in corpus.python_docstrings():
         if len(text.strip()) >= corpus.MIN_CHARS and text not in seen:
@@ -274,23 +290,17 @@ def test_a_shard_added_with_the_cli_starts_the_retrain_deployment(api_url: str, 
             size += len(text)
         if size > 300_000:
             break
-    shard = tmp_path / "news-2026-12.jsonl"
-    shard.write_text("".join(texts))
-    env = prefect_env(tmp_path / "user", api_url, NANO3_ARTIFACTS_ROOT=str(store))
-    added = subprocess.run([sys.executable, "-m", "flows.cli", "data", "add", str(shard)],
-                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert added.returncode == 0, added.stderr
-    assert "event nano3.data.arrived sent" in added.stdout, added.stdout
+    source = store / "sources" / "pretrain-corpus"
+    source.mkdir(parents=True)
+    (source / "_news-2026-12.jsonl").write_text("".join(texts))
+    (source / "_news-2026-12.jsonl").rename(source / "news-2026-12.jsonl")
 
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        watched = run_deployment("nano3-data-watch/watch-data", timeout=300, poll_interval=2)
+    assert watched.state is not None and watched.state.is_completed(), (worker_home / "worker.log").read_text()[-4000:]
     deadline = time.monotonic() + 600
     with prefect_client(api_url) as client:
-        while True:
-            # (Updating the deployment replaced its scheduled runs: those are the schedule's, not new.)
-            runs = [run for run in client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
-                if run.id not in before and not run.auto_scheduled]
-            if runs and runs[0].state is not None and runs[0].state.is_final():
-                break
+        while not ((runs := new_runs(client)) and runs[0].state is not None and runs[0].state.is_final()):
             assert time.monotonic() < deadline, (worker_home / "worker.log").read_text()[-4000:]
             time.sleep(2)
         (triggered,) = runs
@@ -300,6 +310,18 @@ def test_a_shard_added_with_the_cli_starts_the_retrain_deployment(api_url: str, 
     assert [(t.name, t.state.type.value) for t in task_runs] == [("data_prep/pretrain", "COMPLETED")]
     made = ArtifactStore(str(store)).resolve("nano3-pretrain-data:latest")
     assert made.metrics["num_documents"] == len(texts)  # the shard's documents, and nothing filled in
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        again = run_deployment("nano3-data-watch/watch-data", timeout=300, poll_interval=2)
+    with prefect_client(api_url) as client:
+        of_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[again.id]))
+        said = "data_prep/pretrain corpus: no new data (1 shards, as last made)"
+        deadline = time.monotonic() + 60  # a run's logs reach the server in batches
+        while not any(said in log.message for log in (logs := client.read_logs(log_filter=of_run))):
+            assert time.monotonic() < deadline, [log.message for log in logs]
+            time.sleep(1)
+        assert [run.id for run in new_runs(client)] == [triggered.id], "nothing new, nothing started"
+    assert again.state is not None and again.state.is_completed()
 
 
 class Hook(BaseHTTPRequestHandler):
