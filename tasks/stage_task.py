@@ -65,45 +65,51 @@ class PreparedStage:
         return self.job.stage.id
 
 
+def resolve_inputs(
+    job: JobConfig, store: ArtifactStore, produced: dict[str, ArtifactVersion], say: Callable[[str], None] = print
+) -> dict[str, ArtifactVersion]:
+    """The artifact version of each input the config's `run:` block names; those made earlier in
+    this run win over `latest`. An optional input (Stage.optional) that names nothing yet (an
+    alias nobody has set), or the same content as another input, is left out, and `say` says so."""
+    inputs: dict[str, ArtifactVersion] = {}
+    run_block = job.recipe_config.get("run") or {}
+    for name, kind in job.stage.consumes:
+        ref = str(run_block.get(name) or "")
+        optional = name in job.stage.optional
+        if not ref:
+            if optional:
+                continue
+            raise ArtifactError(f"stage {job.stage.id}: config {job.config_file} sets no run.{name} ({kind} input)")
+        made_here = produced.get(ref.removeprefix("art://").split(":")[0])
+        if made_here and ref.endswith(":latest"):
+            found: ArtifactVersion | None = made_here
+        else:
+            found = store.find(ref, expected_type=kind) if optional else store.resolve(ref, expected_type=kind)
+        if found is None:
+            say(f"{job.stage.id}: input {name} ({ref}) names nothing yet; the stage runs without it")
+            continue
+        if found.type != kind:
+            raise ArtifactError(f"artifact {found.ref} is of type {found.type}, stage {job.stage.id} needs {kind}")
+        twin = next((other for other, known in inputs.items() if known.digest == found.digest), None)
+        if optional and twin is not None:
+            say(f"{job.stage.id}: input {name} ({found.ref}) is the same as input {twin}; the stage runs without it")
+            continue
+        inputs[name] = found
+    return inputs
+
+
 def prepare_stage(
     job: JobConfig, store: ArtifactStore, produced: dict[str, ArtifactVersion], say: Callable[[str], None] = print
 ) -> PreparedStage:
-    """Inputs named by the config's `run:` block; those made earlier in this run win over `latest`.
-
-    An optional input (Stage.optional) that names nothing yet, or the same content as another
-    input, is left out; a data source (tasks.data_sources) is snapshotted, filled first if empty."""
+    """Inputs resolved, data sources snapshotted (filled first where empty, tasks.data_sources),
+    the cache key computed over both, and the config the job gets."""
     from tasks import data_sources
 
     config = OmegaConf.to_container(job.recipe_config, resolve=True)
     assert isinstance(config, dict)
     run_block: dict[str, Any] = dict(config.get("run") or {})
-    inputs: dict[str, ArtifactVersion] = {}
-    for name, kind in job.stage.consumes:
-        ref = run_block.get(name)
-        if not ref:
-            if name in job.stage.optional:
-                continue
-            raise ArtifactError(f"stage {job.stage.id}: config {job.config_file} sets no run.{name} ({kind} input)")
-        artifact_name = str(ref).removeprefix("art://").split(":")[0]
-        version = produced.get(artifact_name)
-        if version and str(ref).endswith(":latest"):
-            inputs[name] = version
-        elif name in job.stage.optional:
-            found = store.find(str(ref), expected_type=kind)
-            if found is None:
-                say(f"{job.stage.id}: input {name} ({ref}) names nothing yet; the stage runs without it")
-                continue
-            inputs[name] = found
-        else:
-            inputs[name] = store.resolve(str(ref), expected_type=kind)
-        if inputs[name].type != kind:
-            raise ArtifactError(f"artifact {inputs[name].ref} is of type {inputs[name].type}, stage {job.stage.id} needs {kind}")
-    for name in job.stage.optional:
-        twin = next((other for other, v in inputs.items() if other != name and name in inputs and v.digest == inputs[name].digest), None)
-        if twin is not None:
-            say(f"{job.stage.id}: input {name} ({inputs[name].ref}) is the same model as input {twin}; the stage runs without it")
-            del inputs[name]
-    digests = {n: v.digest for n, v in inputs.items()}
+    inputs = resolve_inputs(job, store, produced, say)
+    digests = {name: version.digest for name, version in inputs.items()}
     snapshots = {}
     for source in data_sources.data_sources(job, store):
         snapshot = data_sources.take(source, store, say=say)
@@ -113,6 +119,8 @@ def prepare_stage(
     key = compute_cache_key(job.stage, config, digests)
     output_url = store.output_url(job.stage.slug, key)
     work_url = store.work_url(job.stage.slug, key)
+    for name in set(job.stage.optional) - set(inputs):
+        run_block.pop(name, None)
     run_block.update(
         stage=job.stage.id,
         output_dir=output_url,
@@ -122,12 +130,8 @@ def prepare_stage(
             n: {"name": v.name, "version": v.version, "digest": v.digest, "type": v.type, "path": v.uri}
             for n, v in inputs.items()
         },
+        **({"sources": snapshots} if snapshots else {}),
     )
-    for name in job.stage.optional:
-        if name not in inputs:
-            run_block.pop(name, None)
-    if snapshots:
-        run_block["sources"] = snapshots
     config["run"] = run_block
     return PreparedStage(job, key, inputs, output_url, work_url, OmegaConf.to_yaml(OmegaConf.create(config)))
 
