@@ -317,8 +317,11 @@ def test_a_dropped_shard_is_announced_by_the_watcher_and_starts_the_retrain_depl
         of_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[again.id]))
         said = "data_prep/pretrain corpus: no new data (1 shards, as last made)"
         deadline = time.monotonic() + 60  # a run's logs reach the server in batches
-        while not any(said in log.message for log in (logs := client.read_logs(log_filter=of_run))):
-            assert time.monotonic() < deadline, [log.message for log in logs]
+        while True:
+            logs = [log.message for log in client.read_logs(log_filter=of_run)]
+            if any(said in line for line in logs):
+                break
+            assert time.monotonic() < deadline, logs
             time.sleep(1)
         assert [run.id for run in new_runs(client)] == [triggered.id], "nothing new, nothing started"
     assert again.state is not None and again.state.is_completed()
