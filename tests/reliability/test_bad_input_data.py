@@ -90,7 +90,7 @@ CASES = [
      ["list.yaml", "expected a mapping"]),
     ("config-bad-reference", write_config("ref.yaml", PRETRAIN_TINY.read_text().replace(
         "data: nano3-pretrain-data:latest", "data: nano3 pretrain data")), ["--stages", "pretrain", "-c", "ref.yaml"],
-     ["ref.yaml", "run.data", "'nano3 pretrain data' is not name[:latest|:vN]"]),
+     ["ref.yaml", "run.data", "'nano3 pretrain data' is not name[:latest|:vN|:alias]"]),
     ("config-missing-file", lambda store: None, ["--stages", "pretrain", "-c", "nowhere.yaml"],
      ["--config", "nowhere.yaml does not exist"]),
 ]
