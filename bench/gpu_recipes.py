@@ -50,9 +50,11 @@ PROGRESS_PREFIX = "NANO3_PROGRESS "
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 #: What changes between the GPU run and the CPU smoke run (same steps, same code).
+# The recipes run without the orchestrator here: the pretraining corpus comes straight from the
+# offline docstrings (`corpus.source: python_docstrings`), not from a snapshotted folder of shards.
 PROFILES: dict[str, dict[str, Any]] = {
     "gpu": {
-        "data_prep/pretrain": {},
+        "data_prep/pretrain": {"corpus.source": "python_docstrings", "corpus.max_bytes": 5_000_000},
         "data_prep/sft": {},
         "megatron": ["--shape", "0p5b", "--seq-length", "2048", "--micro-batch-size", "8", "--steps", "30",
                      "--warmup", "5"],
@@ -65,7 +67,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "timeout": 300,
     },
     "cpu": {
-        "data_prep/pretrain": {"corpus.max_bytes": 300_000, "tokenizer.vocab_size": 1024, "split.valid_fraction": 0.05},
+        "data_prep/pretrain": {"corpus.source": "python_docstrings", "corpus.max_bytes": 300_000, "tokenizer.vocab_size": 1024, "split.valid_fraction": 0.05},
         "data_prep/sft": {"examples": 400, "held_out": 20},
         "megatron": ["--shape", "tiny", "--seq-length", "64", "--micro-batch-size", "4", "--steps", "8",
                      "--warmup", "2"],

@@ -23,7 +23,6 @@ from tasks.artifacts import ArtifactError, ArtifactStore, ArtifactVersion, _now
 PRODUCTION = "production"
 #: An alias is a lower-case word that cannot be read as `latest` or a version number.
 ALIAS_PATTERN = re.compile(r"^(?!latest$)(?!v\d+$)[a-z][a-z0-9_-]{0,40}$")
-_MOVE_FILE = re.compile(r"m(\d+)\.json")
 
 
 class AliasMoved(ArtifactError):
@@ -48,23 +47,9 @@ def check_alias(alias: str) -> str:
     return alias
 
 
-def _folder(store: ArtifactStore, name: str, alias: str) -> str:
-    return store._path("_registry", name, "aliases", alias)
-
-
 def moves(store: ArtifactStore, name: str, alias: str = PRODUCTION) -> list[AliasMove]:
     """Every move of the alias, oldest first."""
-    folder = _folder(store, name, check_alias(alias))
-    store._fresh(folder)
-    if not store.fs.exists(folder):
-        return []
-    numbers = sorted(
-        int(match.group(1))
-        for entry in store.fs.ls(folder, detail=False)
-        if (match := _MOVE_FILE.fullmatch(Path(entry).name))
-    )
-    found = [store._read_json(f"{folder}/m{number}.json") for number in numbers]
-    return [AliasMove.model_validate(data) for data in found if data]
+    return [AliasMove.model_validate(data) for data in store.alias_moves(name, check_alias(alias))]
 
 
 def stack(history: list[AliasMove]) -> list[str]:
@@ -106,7 +91,7 @@ def _move(store: ArtifactStore, history: list[AliasMove], target: ArtifactVersio
         name=target.name, alias=alias, number=number, action=action, version=target.version, digest=target.digest,
         previous=history[-1].version if history else None, reason=reason, at=_now(),
     )
-    path = f"{_folder(store, target.name, alias)}/m{number}.json"
+    path = f"{store.alias_folder(target.name, alias)}/m{number}.json"
     if not store._create_exclusive(path, move.model_dump_json(indent=2)):
         raise AliasMoved(f"{target.name}:{alias} was moved meanwhile (move {number} exists); look again and retry")
     return move

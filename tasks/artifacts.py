@@ -51,6 +51,10 @@ RECORD_TYPES = ("raw_jsonl", "training_jsonl")
 REF_PATTERN = re.compile(r"^(?:art://)?(?P<name>[A-Za-z0-9_.-]+)(?::(?P<version>latest|v\d+|[a-z][a-z0-9_-]{0,40}))?$")
 
 
+#: One move of an alias: `_registry/<name>/aliases/<alias>/m<N>.json` (tasks.aliases).
+_ALIAS_MOVE_FILE = re.compile(r"m(\d+)\.json")
+
+
 class ArtifactError(Exception):
     """An artifact is missing, of the wrong type, or its files do not match its manifest."""
 
@@ -256,12 +260,27 @@ class ArtifactStore:
         elif re.fullmatch(r"v\d+", version):
             found = self.version(name, version)
         else:
-            from tasks.aliases import current
-
-            found = current(self, name, version)
+            history = self.alias_moves(name, version)
+            found = self.version(name, history[-1]["version"]) if history else None
         if found is not None and expected_type and found.type != expected_type:
             raise ArtifactError(f"artifact {found.ref} is of type {found.type}, expected {expected_type}")
         return found
+
+    def alias_folder(self, name: str, alias: str) -> str:
+        return self._path("_registry", name, "aliases", alias)
+
+    def alias_moves(self, name: str, alias: str) -> list[dict[str, Any]]:
+        """The moves of an alias (tasks.aliases), oldest first: its target is the newest's version."""
+        folder = self.alias_folder(name, alias)
+        self._fresh(folder)
+        if not self.fs.exists(folder):
+            return []
+        numbers = sorted(
+            int(match.group(1)) for entry in self.fs.ls(folder, detail=False)
+            if (match := _ALIAS_MOVE_FILE.fullmatch(Path(entry).name))
+        )
+        found = (self._read_json(f"{folder}/m{number}.json") for number in numbers)
+        return [data for data in found if data]
 
     def resolve(self, ref: str, *, expected_type: str | None = None) -> ArtifactVersion:
         """As find, but a reference that names nothing is an error that lists what there is."""

@@ -154,7 +154,8 @@ def test_a_good_manifest_loads(tmp_path: Path) -> None:
     manifest = load_manifest(_manifest(tmp_path, GOOD), root=tmp_path / "steps")
     assert manifest.stage is not None and manifest.stage.id == "pretrain"
     # No backend: the script takes both, so both runtimes' types, each described once.
-    assert [(r.input, r.type, r.description) for r in manifest.consumes] == [("data", "binidx", "The corpus (run.data).")]
+    assert [(r.input, r.type, r.description, r.required) for r in manifest.consumes] == [
+        ("data", "binidx", "The corpus (run.data).", True), ("init_from", "checkpoint_hf", "", False)]
     assert [(r.type, r.description) for r in manifest.produces] == [("checkpoint_hf", "A model."), ("checkpoint_megatron", "A model.")]
 
 
@@ -168,7 +169,8 @@ def test_a_stage_steps_backend_picks_its_runtimes_types(tmp_path: Path) -> None:
 def test_a_stage_step_without_descriptions_still_has_its_types(tmp_path: Path) -> None:
     text = GOOD.split("[inputs]")[0].replace('stage = "pretrain"', 'stage = "pretrain"\nbackend = "hf"')
     manifest = load_manifest(_manifest(tmp_path, text), root=tmp_path / "steps")
-    assert [(r.input, r.type, r.description) for r in manifest.consumes] == [("data", "binidx", "")]
+    assert [(r.input, r.type, r.description) for r in manifest.consumes] == [
+        ("data", "binidx", ""), ("init_from", "checkpoint_hf", "")]
     assert [(r.type, r.description) for r in manifest.produces] == [("checkpoint_hf", "")]
 
 
@@ -200,7 +202,7 @@ def _assert_one_error(path: Path, tmp_path: Path, expected: list[str]) -> None:
         (('stage = "pretrain"', 'stage = "pretrain"\nbackend = "jax"'), ["[step] backend:", "Input should be 'hf' or 'megatron'"]),
         (("[inputs]", RESTATED + "[inputs]"), [
             "[consumes]", "a stage step's artifact types are its stage's",
-            "stage pretrain consumes data: binidx and produces checkpoint_hf, checkpoint_megatron (tasks/stages.py)",
+            "stage pretrain consumes data: binidx, init_from: checkpoint_hf and produces checkpoint_hf, checkpoint_megatron (tasks/stages.py)",
             "describe them under [inputs] and [output] instead of [[consumes]]",
         ]),
         (("[inputs]", '[[produces]]\ntype = "eval_results"\n\n[inputs]'), ["[produces]", "a stage step's artifact types are its stage's"]),

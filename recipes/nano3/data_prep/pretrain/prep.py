@@ -36,7 +36,8 @@ TRAIN_PREFIX, VALID_PREFIX = "train_text_document", "valid_text_document"
 def fingerprint(ctx: runtime.RecipeContext) -> str:
     """What the checkpoints depend on: a work_dir reused with another config must not resume."""
     relevant = {key: OmegaConf.to_container(ctx.config[key], resolve=True) for key in ("corpus", "tokenizer", "split")}
-    relevant["sources"] = OmegaConf.to_container(ctx.config.run.get("sources") or {}, resolve=True)
+    taken = ctx.config.run.get("sources")
+    relevant["sources"] = OmegaConf.to_container(taken, resolve=True) if taken is not None else {}
     return hashlib.sha256(json.dumps({**relevant, "seed": ctx.seed}, sort_keys=True).encode()).hexdigest()
 
 
