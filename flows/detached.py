@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from blocks.errors import ConfigError
 from blocks.settings import WandbConfig
-from flows.promotion import gate_stage
+from flows.promotion import gate_stage, gated
 from flows.run_options import RunContext, RunOptions, input_refs, take_resolved
 from tasks.artifacts import ArtifactStore, ArtifactVersion, open_store
 from tasks.job_config import COMMAND_LINE, JobConfig
@@ -69,7 +69,7 @@ def submit_jobs(jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig 
             result = run_prepared_stage(prepared, store, wandb)  # verifies and publishes; submits nothing
             produced[result.artifact.name] = result.artifact
             detail = result.artifact.ref
-            if stage.id == "eval":  # as an attached run does once eval is done
+            if gated(job):  # as an attached run does once eval is done
                 detail += "; gate " + gate_stage(job, result.artifact, result.inputs, store, wandb)
             published.append((result.stage, result.artifact, result.inputs))
             results.append(Submission(stage=stage.id, status="done", detail=detail))

@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger
 
 from blocks.settings import WandbConfig
 from flows.detached import check_detachable, submit_jobs
-from flows.promotion import gate_stage
+from flows.promotion import gate_stage, gated
 from flows.run_options import RunOptions, take_resolved
 from tasks.artifacts import ArtifactStore, ArtifactVersion, open_store
 from tasks.job_config import JobConfig
@@ -37,7 +37,7 @@ def nano3_pipeline(
         return submit_jobs(jobs, store, context.wandb)  # type: ignore[return-value]
     results = execute_stages(jobs, store, context.wandb)
     for index, (job, result) in enumerate(zip(jobs, results)):
-        if job.stage.id == "eval":
+        if gated(job):
             verdict = gate_stage(job, result.artifact, result.inputs, store, context.wandb)
             results[index] = result.model_copy(update={"gate": verdict})
     return results

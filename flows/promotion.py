@@ -10,6 +10,14 @@ from tasks.artifacts import ArtifactStore, ArtifactVersion
 from tasks.job_config import JobConfig
 
 
+def gated(job: JobConfig) -> bool:
+    """A job whose config sets `run.gate` is followed by the gate (check_inputs allows it only on a
+    stage that measures the model in service)."""
+    from tasks.gate import gate_config
+
+    return gate_config(job.recipe_config.get("run"), str(job.config_file)) is not None
+
+
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_stage(job: JobConfig, evaluation: ArtifactVersion, inputs: dict[str, ArtifactVersion], store: ArtifactStore,
                wandb: WandbConfig | None) -> str:
@@ -21,9 +29,7 @@ def gate_stage(job: JobConfig, evaluation: ArtifactVersion, inputs: dict[str, Ar
 
     logger = get_run_logger()
     gate = gate_config(job.recipe_config.get("run"), str(job.config_file))
-    if gate is None:
-        logger.info("eval: its config sets no run.gate; nothing is promoted")
-        return "none (the eval config sets no run.gate): nothing promoted"
+    assert gate is not None, "called for a gated job only"
     decision, move = run_gate(gate, evaluation, inputs, store, say=logger.info)
     create_markdown_artifact(key=ARTIFACT_KEY, markdown=markdown(decision), description="nano3 evaluation gate")
     candidate = inputs["model"]

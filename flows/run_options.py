@@ -258,5 +258,5 @@ def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
                 ) from None
         for source in data_sources(job, store):
             check_source(source, store)
-        gate_config(job.recipe_config.get("run"), str(job.config_file))
+        gate_config(job.recipe_config.get("run"), str(job.config_file), job.stage.consumes)
         earlier.add(job.stage.artifact)

@@ -55,8 +55,13 @@ class GateDecision(BaseModel):
     side_by_side: dict[str, tuple[float | None, float | None]] = {}
 
 
-def gate_config(run_block: Any, config_file: str) -> GateConfig | None:
-    """`run.gate` of the eval config, checked: None where it sets none."""
+#: The input a gated stage measures the model in service through (recipes/nano3/eval/evaluate.py).
+MEASURED = "production"
+
+
+def gate_config(run_block: Any, config_file: str, consumes: tuple[tuple[str, str], ...] | None = None) -> GateConfig | None:
+    """`run.gate` of the eval config, checked: None where it sets none. With the stage's `consumes`,
+    a gate on a stage that does not measure the model in service is an error, not ignored."""
     raw = run_block.get("gate") if run_block else None
     if not raw:
         return None
@@ -66,6 +71,11 @@ def gate_config(run_block: Any, config_file: str) -> GateConfig | None:
         error = exc.errors()[0]
         key = "run.gate." + ".".join(str(part) for part in error["loc"])
         raise ConfigError(error["msg"], file=config_file, key=key) from None
+    if consumes is not None and MEASURED not in dict(consumes):
+        raise ConfigError(
+            f"this stage does not measure the model in service (no run.{MEASURED} input), so it cannot gate",
+            file=config_file, key="run.gate", hint="remove run.gate; the hf eval config gates",
+        )
     if found.metric not in GATE_METRICS:
         raise ConfigError(
             f"unknown gate metric '{found.metric}'", file=config_file, key="run.gate.metric",
@@ -133,10 +143,14 @@ def markdown(decision: GateDecision) -> str:
 
 
 def record_decision(store: ArtifactStore, decision: GateDecision, evaluation: ArtifactVersion, model: str) -> bool:
-    """Keep the decision in the registry; False where this same decision was recorded before."""
+    """Keep the decision in the registry; False where this same decision was recorded before.
+
+    The verdict is part of its name: a looser tolerance that turns a rejection into a promotion is
+    news, and its event and W&B alias are not skipped as a repeat."""
     candidate = decision.candidate.rpartition(":")[2]
     production = decision.production.rpartition(":")[2] if decision.production else "none"
-    path = store._path("_registry", model, "gate", f"{candidate}-vs-{production}-{evaluation.version}.json")
+    name = f"{candidate}-vs-{production}-{evaluation.version}-{decision.verdict}.json"
+    path = store._path("_registry", model, "gate", name)
     return store._create_exclusive(path, decision.model_dump_json(indent=2))
 
 

@@ -78,8 +78,11 @@ def test_a_decision_is_recorded_once(store: ArtifactStore) -> None:
     assert record_decision(store, rejected, eval_v2, "model") is True
     assert record_decision(store, rejected, eval_v2, "model") is False
     assert record_decision(store, rejected, store.resolve("eval:v3"), "model") is True, "another eval is news"
+    # The same eval under a looser gate: now a promotion, which is news too.
+    promoted = rejected.model_copy(update={"verdict": "promoted"})
+    assert record_decision(store, promoted, eval_v2, "model") is True
     assert sorted(p.name for p in Path(store.root, "_registry", "model", "gate").iterdir()) == [
-        "v2-vs-v1-v2.json", "v2-vs-v1-v3.json"]
+        "v2-vs-v1-v2-promoted.json", "v2-vs-v1-v2-rejected.json", "v2-vs-v1-v3-rejected.json"]
 
 
 def test_a_production_moved_since_the_eval_is_not_compared_with(store: ArtifactStore) -> None:
@@ -123,3 +126,14 @@ def test_an_unknown_gate_metric_stops_the_command_before_anything_runs(isolated:
                      env={"NANO3_ARTIFACTS_ROOT": str(store)})
     assert result.code != 0 and "run.gate.metric: unknown gate metric 'accuracy'" in result.stderr, result.stderr
     assert not store.exists() or not (store / "_registry").exists()
+
+
+def test_a_gate_on_a_stage_that_does_not_measure_production_is_refused() -> None:
+    from tasks.stages import STAGES_BY_ID
+
+    gate = {"gate": {"metric": "exact_match", "direction": "higher"}}
+    megatron_eval = STAGES_BY_ID["eval"].for_backend("megatron")
+    with pytest.raises(ConfigError) as error:
+        gate_config(gate, "eval/config/megatron_tiny.yaml", megatron_eval.consumes)
+    assert error.value.key == "run.gate" and "does not measure the model in service" in str(error.value)
+    assert gate_config(gate, "eval/config/tiny.yaml", STAGES_BY_ID["eval"].consumes) is not None
