@@ -257,6 +257,6 @@ def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
                     else "publish a good version and point the config at it",
                 ) from None
         for source in data_sources(job, store):
-            check_source(source, store)
+            check_source(source, store, hashed=False)
         gate_config(job.recipe_config.get("run"), str(job.config_file), job.stage.consumes)
         earlier.add(job.stage.artifact)

@@ -39,6 +39,15 @@ class SourceState(BaseModel):
     def is_new(self) -> bool:
         return self.fingerprint is not None and self.fingerprint != self.made_from
 
+    @property
+    def condition(self) -> str:
+        """In words, as `nemotron data status` and the watcher say it."""
+        if self.fingerprint is None:
+            return "empty: the first run fills it"
+        if not self.is_new:
+            return f"up to date ({self.shards} shards, as last made)"
+        return "new data, announced" if self.announced == self.fingerprint else "new data"
+
 
 def _announced_path(store: ArtifactStore, stage: str, section: str) -> str:
     return store._path("_sources", f"{stage.replace('/', '-')}.{section}.announced")
@@ -71,14 +80,8 @@ def announce(state: SourceState, store: ArtifactStore, say: Callable[[str], None
     from prefect.settings import get_current_settings
 
     where = f"{state.stage} {state.section}"
-    if state.fingerprint is None:
-        say(f"{where}: {state.url} is empty; the first run fills it")
-        return False
-    if not state.is_new:
-        say(f"{where}: no new data ({state.shards} shards, as last made)")
-        return False
-    if state.announced == state.fingerprint:
-        say(f"{where}: its new data was announced before; the run that event started reads it")
+    if state.condition != "new data":
+        say(f"{where}: {state.condition}")
         return False
     # Without a server of its own, Prefect would start a temporary one that nobody listens to.
     server = get_current_settings().api.url

@@ -12,7 +12,10 @@ The snapshot (recipes.nano3.data_prep.sources) enters the stage's key as an inpu
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from blocks.errors import ConfigError
 from recipes.nano3.data_prep import sources
 from recipes.nano3.data_prep.sources import SourceError, SourceSnapshot
+from recipes.nano3.runtime import is_url, scratch_root
 
 if TYPE_CHECKING:
     from tasks.artifacts import ArtifactStore
@@ -47,8 +51,10 @@ class DataSource:
 
 def resolve_url(path: str, store: ArtifactStore) -> str:
     """An absolute path or URL as written; a relative path under the store's root."""
-    if "://" in path or os.path.isabs(path) or path.startswith("~"):
-        return os.path.expanduser(path) if "://" not in path else path
+    if "://" in path:
+        return path
+    if os.path.isabs(path) or path.startswith("~"):
+        return os.path.expanduser(path)
     return store.url(*[part for part in path.split("/") if part not in ("", ".")])
 
 
@@ -79,11 +85,16 @@ def _fs(source: DataSource, store: ArtifactStore) -> tuple[Any, str]:
     return store._fs_path(source.url)
 
 
-def check(source: DataSource, store: ArtifactStore) -> SourceSnapshot | None:
-    """The snapshot as it stands, None for an empty source that the first run fills; ConfigError otherwise."""
+def check(source: DataSource, store: ArtifactStore, *, hashed: bool = True) -> SourceSnapshot | None:
+    """The snapshot as it stands, None for an empty source that the first run fills; ConfigError
+    where the source cannot be used. Without `hashed`, only listed (the checks before a run: the
+    stage's own snapshot reads the shards once, when it is keyed)."""
     fs, path = _fs(source, store)
     try:
         if source.fill_from and sources.is_empty(path, fs):
+            return None
+        if not hashed:
+            sources.listing(path, fs)
             return None
         return sources.snapshot(path, fs).model_copy(update={"url": source.url})
     except SourceError as exc:
@@ -98,7 +109,8 @@ def take(source: DataSource, store: ArtifactStore, say: Any = print) -> SourceSn
     if found is not None:
         return found
     fs, path = _fs(source, store)
-    shards = sources.copy_shards(str(offline_shards(source.fill_from, source.fill_bytes)), path, fs)
+    made = offline_shards(source.fill_from, source.fill_bytes)
+    shards = sources.put_shards(sorted(str(p) for p in made.iterdir() if sources.is_shard_name(p.name)), path, fs)
     say(f"data source {source.url} was empty: filled with {shards} shards from {source.fill_from}")
     snapshot = check(source, store)
     assert snapshot is not None
@@ -108,12 +120,7 @@ def take(source: DataSource, store: ArtifactStore, say: Any = print) -> SourceSn
 def offline_shards(name: str, size: int) -> Path:
     """The offline corpus `name` as shards of `size` bytes in all, made once per machine and
     environment under the scratch folder: reading docstrings takes seconds, a copy milliseconds."""
-    import hashlib
-    import shutil
-    import sys
-
     from recipes.nano3.data_prep import corpus
-    from recipes.nano3.runtime import scratch_root
 
     environment = hashlib.sha256(f"{sys.prefix}:{sys.version}".encode()).hexdigest()[:10]
     folder = scratch_root() / "offline" / f"{name}-{size}-{environment}"
@@ -132,7 +139,7 @@ def offline_shards(name: str, size: int) -> Path:
 def describe(source: DataSource, store: ArtifactStore) -> str:
     """One line for the dry-run: what the stage would read, and its fingerprint. A plan never
     waits on the network: a remote source is looked at when the run starts."""
-    if "://" in source.url and not source.url.startswith("file://"):
+    if is_url(source.url):
         return f"{source.section}: {source.url}: remote; the run takes its fingerprint when it starts"
     try:
         found = check(source, store)

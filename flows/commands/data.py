@@ -62,21 +62,16 @@ def add(
         if not path.exists():
             raise ConfigError(f"{path} does not exist", file=COMMAND_LINE, key="PATHS")
         inside = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        picked = [p for p in inside if p.name.endswith(sources.SHARD_SUFFIXES) and not p.name.startswith((".", "_"))]
+        picked = [p for p in inside if sources.is_shard_name(p.name)]
         if not picked:
             raise ConfigError(f"{path} holds no shard ({', '.join('*' + s for s in sources.SHARD_SUFFIXES)})",
                               file=COMMAND_LINE, key="PATHS")
         shards += picked
     fs, root = store._fs_path(source.url)
-    for shard in shards:
-        target = f"{root}/{shard.name}"
-        if fs.exists(target):
-            raise ConfigError(f"{source.url} already holds a shard named {shard.name}; rename the new one",
-                              file=COMMAND_LINE, key="PATHS")
-    for shard in shards:
-        fs.makedirs(root, exist_ok=True)
-        fs.put_file(str(shard), f"{root}/_{shard.name}")
-        fs.mv(f"{root}/_{shard.name}", f"{root}/{shard.name}")
+    try:
+        sources.put_shards([str(shard) for shard in shards], root, fs)
+    except sources.SourceError as exc:
+        raise ConfigError(str(exc).replace(root, source.url), file=COMMAND_LINE, key="PATHS") from None
     print(f"added {len(shards)} shard{'s' if len(shards) != 1 else ''} to {source.url}")
     for state in states(jobs, store):
         announce(state, store, say=print)
@@ -96,11 +91,5 @@ def status(ctx: typer.Context, config: ConfigOption = "tiny") -> None:
         table.add_column(column, overflow="fold")
     for state in states(jobs, store):
         short = state.fingerprint.removeprefix("sha256:")[:12] if state.fingerprint else "-"
-        if state.fingerprint is None:
-            said = "empty: the first run fills it"
-        elif not state.is_new:
-            said = "up to date"
-        else:
-            said = "new data" + (", announced" if state.announced == state.fingerprint else "")
-        table.add_row(state.stage, state.section, state.url, str(state.shards), short, said)
+        table.add_row(state.stage, state.section, state.url, str(state.shards), short, state.condition)
     wide_console().print(table)

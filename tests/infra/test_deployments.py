@@ -315,7 +315,7 @@ def test_a_dropped_shard_is_announced_by_the_watcher_and_starts_the_retrain_depl
         again = run_deployment("nano3-data-watch/watch-data", timeout=300, poll_interval=2)
     with prefect_client(api_url) as client:
         of_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[again.id]))
-        said = "data_prep/pretrain corpus: no new data (1 shards, as last made)"
+        said = "data_prep/pretrain corpus: up to date (1 shards, as last made)"
         deadline = time.monotonic() + 60  # a run's logs reach the server in batches
         while True:
             logs = [log.message for log in client.read_logs(log_filter=of_run)]

@@ -60,18 +60,19 @@ class SourceSnapshot(BaseModel):
 
 def open_source(url: str, fs: Any = None) -> tuple[Any, str]:
     """(file system, root path) of the source; `fs` is the caller's own for that URL (with credentials)."""
+    from recipes.nano3.runtime import is_url, remote_fs
+
     if fs is not None:
         return fs, url
-    if "://" in url and not url.startswith("file://"):
-        from recipes.nano3.runtime import remote_fs
-
+    if is_url(url):
         return remote_fs(url)
     import fsspec
 
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(url.removeprefix("file://")))
 
 
-def _is_shard(relative: str) -> bool:
+def is_shard_name(relative: str) -> bool:
+    """A shard's suffix, and no part of its path a writer's unfinished (`_…`) or hidden (`.…`) name."""
     parts = PurePosixPath(relative).parts
     return relative.endswith(SHARD_SUFFIXES) and not any(p.startswith((".", "_")) for p in parts)
 
@@ -87,8 +88,9 @@ def _checksum(fs: Any, path: str, info: dict[str, Any]) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def snapshot(url: str, fs: Any = None) -> SourceSnapshot:
-    """Every shard under the source, sorted by path; SourceError if it is missing, unreadable or holds none."""
+def listing(url: str, fs: Any = None) -> dict[str, dict[str, Any]]:
+    """Every shard under the source (relative path → its file info), sorted by path, unread;
+    SourceError if the source is missing, unreadable or holds none."""
     fs, root = open_source(url, fs)
     try:
         if not fs.isdir(root):
@@ -96,18 +98,27 @@ def snapshot(url: str, fs: Any = None) -> SourceSnapshot:
         found = fs.find(root, detail=True)
     except PermissionError as exc:
         raise SourceError(f"the data source {url} cannot be read: {exc}") from None
-    files = []
     base = root.rstrip("/") + "/"
+    shards = {}
     for path, info in sorted(found.items()):
         relative = path[len(base):] if path.startswith(base) else PurePosixPath(path).name
-        if info.get("type") != "file" or not _is_shard(relative):
-            continue
+        if info.get("type") == "file" and is_shard_name(relative):
+            shards[relative] = {**info, "name": path}
+    if not shards:
+        raise SourceError(f"the data source {url} holds no shards ({', '.join('*' + s for s in SHARD_SUFFIXES)})")
+    return shards
+
+
+def snapshot(url: str, fs: Any = None) -> SourceSnapshot:
+    """The listing with each shard's checksum: what a stage is keyed by."""
+    shards = listing(url, fs)
+    fs, _ = open_source(url, fs)
+    files = []
+    for relative, info in shards.items():
         try:
-            files.append(SourceFile(path=relative, size=int(info["size"]), checksum=_checksum(fs, path, info)))
+            files.append(SourceFile(path=relative, size=int(info["size"]), checksum=_checksum(fs, info["name"], info)))
         except PermissionError as exc:
             raise SourceError(f"the data source {url} cannot be read: shard {relative}: {exc}") from None
-    if not files:
-        raise SourceError(f"the data source {url} holds no shards ({', '.join('*' + s for s in SHARD_SUFFIXES)})")
     return SourceSnapshot(url=url, files=files)
 
 
@@ -116,7 +127,7 @@ def is_empty(url: str, fs: Any = None) -> bool:
     fs, root = open_source(url, fs)
     if not fs.isdir(root):
         return True
-    return not any(_is_shard(p[len(root.rstrip("/")) + 1:]) for p in fs.find(root))
+    return not any(is_shard_name(p[len(root.rstrip("/")) + 1:]) for p in fs.find(root))
 
 
 def fill(url: str, texts: Iterable[str], total_bytes: int, fs: Any = None, shard_bytes: int = FILL_SHARD_BYTES) -> int:
@@ -149,13 +160,18 @@ def fill(url: str, texts: Iterable[str], total_bytes: int, fs: Any = None, shard
     return shards
 
 
-def copy_shards(folder: str, url: str, fs: Any = None) -> int:
-    """Copy the shards of a local folder into the source, each under a skipped name until complete."""
+def put_shards(files: list[str], url: str, fs: Any = None) -> int:
+    """Copy local shard files into the source, each under a skipped name (`_…`) until complete, so a
+    snapshot never takes half a file; a name the source already holds is refused before any copy."""
     fs, root = open_source(url, fs)
+    names = [os.path.basename(path) for path in files]
+    taken = [name for name in names if fs.exists(f"{root}/{name}")]
+    if taken or len(set(names)) < len(names):
+        clash = taken[0] if taken else next(n for n in names if names.count(n) > 1)
+        raise SourceError(f"{url} already holds a shard named {clash} (or two new ones share it); rename the new one")
     fs.makedirs(root, exist_ok=True)
-    names = sorted(name for name in os.listdir(folder) if _is_shard(name))
-    for name in names:
-        fs.put_file(os.path.join(folder, name), f"{root}/_{name}")
+    for path, name in zip(files, names):
+        fs.put_file(path, f"{root}/_{name}")
         fs.mv(f"{root}/_{name}", f"{root}/{name}")
     return len(names)
 

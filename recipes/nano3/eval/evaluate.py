@@ -160,14 +160,7 @@ def main() -> None:
         ctx,
         "eval_results",
         metrics=headline_metrics(results),
-        metadata={
-            "tasks": tasks,
-            "limit": ctx.config.get("limit"),
-            "evaluated": names,
-            # Which version each model was: the gate checks it compared with the model in service.
-            "models": {name: f"{ctx.inputs[name].name}:{ctx.inputs[name].version}" for name in names},
-            "digests": {name: ctx.inputs[name].digest for name in names},
-        },
+        metadata={"tasks": tasks, "limit": ctx.config.get("limit"), "evaluated": names},
     )
 
 
