@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import numpy as np
 
-    from recipes.nano3.pretrain.train import TokenStream, WindowSampler, read_blend
+    from recipes.nano3.text_windows import TokenStream, WindowSampler, read_blend
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" and args.precision == "bf16" else torch.float32

@@ -94,7 +94,7 @@ def run_pipeline(options: RunOptions, stages: list[Stage], flow_name: str = PIPE
     """Attached: the stages run in order inside one Prefect flow, with progress bars on a terminal."""
     from flows.pipeline import nano3_pipeline
     from flows.progress import stage_progress_bars
-    from flows.summary import gate_lines, summary_table, wide_console
+    from flows.summary import gate_lines, report_tables, summary_table, wide_console
 
     pipeline = nano3_pipeline if flow_name == PIPELINE_FLOW else nano3_pipeline.with_options(name=flow_name)
     quiet_prefect_tracebacks()
@@ -108,6 +108,8 @@ def run_pipeline(options: RunOptions, stages: list[Stage], flow_name: str = PIPE
         )
     console = wide_console()
     console.print(summary_table(results, title=flow_name))
+    for table in report_tables(results):
+        console.print(table)
     for line in gate_lines(results):
         console.print(line, soft_wrap=True, highlight=False)
 

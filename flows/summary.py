@@ -46,6 +46,25 @@ def summary_table(results: list[StageResult], title: str = "nano3") -> Table:
     return table
 
 
+def report_tables(results: list[StageResult]) -> list[Table]:
+    """Each stage's report (eval: every checkpoint of the run on the same tasks), with where its charts are."""
+    from tasks.lineage import chart_url
+
+    tables = []
+    for result in results:
+        report = result.artifact.report
+        if report is None:
+            continue
+        charts = ", ".join(chart_url(result.artifact, chart) for chart in report.charts)
+        table = Table(title=f"{result.stage}: {report.title}", caption=f"charts: {charts}" if charts else None)
+        for column in report.columns:
+            table.add_column(column)
+        for row in report.rows:
+            table.add_row(*("–" if row.get(column) is None else _format(row[column]) for column in report.columns))
+        tables.append(table)
+    return tables
+
+
 def gate_lines(results: list[StageResult]) -> list[str]:
     """What the run did to the model in service (promoted, rejected, nothing to do), a line each."""
     return [f"gate: {result.gate}" for result in results if result.gate]

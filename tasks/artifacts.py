@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field
 
 from blocks.errors import ConfigError
 from blocks.settings import ArtifactsConfig
-from recipes.nano3.manifest import MANIFEST_NAME, Manifest
+from recipes.nano3.manifest import MANIFEST_NAME, Manifest, Report
 from recipes.nano3.outage import through_outages
 from recipes.nano3.runtime import ENDPOINT_VAR, JOB_LOCK, local_work_dir, scratch_path
 
@@ -82,6 +82,8 @@ class ArtifactVersion(BaseModel):
     created: str
     metrics: dict[str, Any] = Field(default_factory=dict)
     inputs: list[dict[str, Any]] = Field(default_factory=list)
+    #: The recipe's table and charts (recipes.nano3.manifest.Report), where it wrote one.
+    report: Report | None = None
 
     @property
     def ref(self) -> str:
@@ -316,6 +318,7 @@ class ArtifactStore:
                 created=_now(),
                 metrics=manifest.metrics,
                 inputs=[i.model_dump() for i in manifest.inputs],
+                report=manifest.report,
             )
             version_file = self._path("_registry", name, f"v{number}.json")
             try:

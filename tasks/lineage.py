@@ -91,6 +91,47 @@ def publish_stage_artifacts(stage_id: str, output: ArtifactVersion, inputs: dict
         )
 
 
+def chart_url(output: ArtifactVersion, chart: str) -> str:
+    """Where one of the artifact's charts lies, as a link (file:// for a local store)."""
+    return asset_key(f"{output.uri.rstrip('/')}/{chart}")
+
+
+def report_markdown(stage_id: str, output: ArtifactVersion) -> str:
+    """The report's table, then its charts (linked: a markdown artifact cannot hold the image)."""
+    report = output.report
+    assert report is not None
+    cells = lambda row: " | ".join(_cell(row.get(column)) for column in report.columns)  # noqa: E731
+    lines = [f"## {stage_id}: {report.title}", "", f"Artifact `{output.ref}`", "",
+             "| " + " | ".join(report.columns) + " |", "|" + "---|" * len(report.columns),
+             *(f"| {cells(row)} |" for row in report.rows), ""]
+    lines += [f"![{chart}]({chart_url(output, chart)}) [{chart}]({chart_url(output, chart)})" for chart in report.charts]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def publish_report(stage_id: str, output: ArtifactVersion) -> None:
+    """A stage's report as a Prefect table artifact, and as markdown with links to its charts."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    if output.report is None:
+        return
+    create_table_artifact(
+        key=artifact_key(stage_id, "report"),
+        description=f"{stage_id}: {output.report.title} ({output.ref})",
+        table=[{column: row.get(column) for column in output.report.columns} for row in output.report.rows],
+    )
+    create_markdown_artifact(
+        key=artifact_key(stage_id, "charts"),
+        description=f"{stage_id}: {output.report.title}, with its charts",
+        markdown=report_markdown(stage_id, output),
+    )
+
+
 def mermaid_lineage(results: list[tuple[str, ArtifactVersion, dict[str, ArtifactVersion]]]) -> str:
     """The whole run as a Mermaid graph: artifact versions as nodes, stages as edges."""
     lines = ["graph LR"]
@@ -110,6 +151,21 @@ def publish_run_lineage(results: list[tuple[str, ArtifactVersion, dict[str, Arti
         description="Lineage of this nano3 run",
         markdown="## nano3 lineage\n\n```mermaid\n" + mermaid_lineage(results) + "\n```\n",
     )
+
+
+def _wandb_report(wandb: Any, stage_id: str, output: ArtifactVersion) -> dict[str, Any]:
+    """The report as a W&B table, and its charts as W&B images where the store is local."""
+    report = output.report
+    assert report is not None
+    logged: dict[str, Any] = {
+        f"{stage_id}/report": wandb.Table(
+            columns=report.columns, data=[[row.get(column) for column in report.columns] for row in report.rows]
+        )
+    }
+    if "://" not in output.uri:
+        for chart in report.charts:
+            logged[f"{stage_id}/{chart.removesuffix('.png')}"] = wandb.Image(str(Path(output.uri) / chart))
+    return logged
 
 
 def wandb_mode(settings: WandbConfig | None) -> str:
@@ -210,6 +266,8 @@ def mirror_to_wandb(
             for ref in inputs.values():
                 run.use_artifact(f"{ref.name}:{ref.version}")
         run.log({f"{stage_id}/{k}": v for k, v in output.metrics.items() if isinstance(v, (int, float))})
+        if output.report is not None:
+            run.log(_wandb_report(wandb, stage_id, output))
         run.log_artifact(artifact, aliases=[output.version, *(aliases or ("latest",))])
         folder = Path(run.dir).parent
     finally:

@@ -338,6 +338,7 @@ def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig
         describe_asset_materialization,
         import_wandb_in_background,
         mirror_to_wandb,
+        publish_report,
         publish_stage_artifacts,
     )
 
@@ -359,6 +360,7 @@ def _run_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig
             raise _store_full(prepared, store, str(error)) from error
         raise
     publish_stage_artifacts(prepared.stage_id, artifact, prepared.inputs, status)
+    publish_report(prepared.stage_id, artifact)
     describe_asset_materialization(artifact)
     mirror_to_wandb(wandb, prepared.stage_id, artifact, prepared.inputs, store_wandb_dir(store))
     return StageResult(

@@ -235,12 +235,15 @@ STAGES: tuple[Stage, ...] = (
         id="sft",
         folder="sft",
         script="train.py",
-        consumes=(("data", "training_jsonl"), ("model", "checkpoint_hf")),
+        # corpus: the pretraining data, replayed beside the chats so the model keeps its language.
+        consumes=(("data", "training_jsonl"), ("model", "checkpoint_hf"), ("corpus", "binidx")),
+        optional=("corpus",),
         produces="checkpoint_hf",
         artifact="nano3-sft-model",
         launcher="torchrun",
         description="Supervised fine-tuning from the pretrained checkpoint.",
-        key_metrics=EXACT_MATCH_GAIN,
+        # Right sums (whatever their format), the replies as the verifier wants them, the text kept.
+        key_metrics=("exact_match_number", "exact_match", "text_loss"),
         alternatives=(
             (
                 "megatron",
@@ -293,13 +296,16 @@ STAGES: tuple[Stage, ...] = (
             ("baseline", "checkpoint_hf"),
             ("data", "training_jsonl"),
             ("corpus", "binidx"),
+            # The run's other checkpoints, for the ladder pretrained → SFT → RL → export.
+            ("sft", "checkpoint_hf"),
+            ("rl", "checkpoint_hf"),
             # The model in service, evaluated on the same data for the promotion gate (tasks.gate).
             ("production", "checkpoint_hf"),
         ),
-        optional=("production",),
+        optional=("sft", "rl", "production"),
         produces="eval_results",
         artifact="nano3-eval",
-        description="Held-out evaluation of the exported model against the pretrained baseline.",
+        description="Every checkpoint of the run (pretrained, SFT, RL, export) on the same held-out tasks.",
         key_metrics=("exact_match", "baseline_exact_match", "bits_per_byte", "baseline_bits_per_byte"),
         alternatives=(
             (

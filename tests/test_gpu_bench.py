@@ -124,7 +124,7 @@ def test_a_bf16_checkpoint_reloads_on_cpu_in_fp32(tmp_path: Path) -> None:
     trained = state()
     ids = torch.randint(0, 100, (2, 32))
     bf16 = hf_model.Placement(torch.device("cpu"), torch.bfloat16)
-    loss = hf_model.train_step(trained, {"input_ids": ids, "labels": ids}, bf16, clip_grad=1.0)
+    loss = hf_model.train_step(trained, {"input_ids": ids, "labels": ids}, bf16, clip_grad=1.0)["loss"]
     assert np.isfinite(loss)
     assert all(p.dtype == torch.float32 for p in trained.model.parameters())
     trained.step, trained.extra = 1, {"note": 1}

@@ -77,12 +77,15 @@ CI_RUN = [
     # and a run cut at 250 landed on either side of it (0.69, then 0.08); at 400, 0.99.
     "sft:train.save_interval=200",
     "sft:train.eval_interval=200",
-    "rl:train.train_iters=8",
-    "rl:train.save_interval=4",
+    "rl:train.train_iters=50",
+    "rl:train.save_interval=25",
     "eval:limit=100",
 ]
-#: A changed SFT setting that makes the candidate worse on purpose: 20 steps instead of 400.
-WORSE_SFT = "sft:train.train_iters=20"
+#: A changed SFT setting that makes the candidate worse on purpose: 20 steps instead of 400
+#: (its RL is cut short too: there is nothing for it to improve).
+WORSE_SFT = ("sft:train.train_iters=20", "rl:train.train_iters=4")
+#: The ladder's margins: below the smallest gains measured over 3 seeds (docs/pipeline.md).
+LADDER = {"pretrain_perplexity_ratio": 5.0, "sft_gain": 0.2, "rl_gain": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +102,8 @@ def test_the_pipeline_runs_and_sft_beats_the_pretrained_model(home: Path, first_
     model, baseline = evaluation.metrics["exact_match"], evaluation.metrics["baseline_exact_match"]
     assert model >= baseline + 0.2, f"exact match {model} vs pretrained {baseline}"
     # The lineage reaches back to the data: eval consumed the converted model of this run.
-    assert {i["name"] for i in evaluation.inputs} == {"nano3-model-hf", "nano3-pretrain-model", "nano3-sft-data", "nano3-pretrain-data"}
+    assert {i["name"] for i in evaluation.inputs} == {"nano3-model-hf", "nano3-pretrain-model", "nano3-sft-model",
+                                                      "nano3-rl-model", "nano3-sft-data", "nano3-pretrain-data"}
     for name in ("nano3-pretrain-data", "nano3-sft-model", "nano3-model-hf", "nano3-eval"):
         version = store.resolve(f"{name}:latest")
         manifest = store.read_manifest(version.uri)
@@ -114,6 +118,39 @@ def test_the_pipeline_runs_and_sft_beats_the_pretrained_model(home: Path, first_
     # No model was in service: the gate promoted the first candidate.
     assert "gate: promoted: no model is in service yet" in first_run.stderr
     assert production(store) == ("v1", store.resolve("nano3-model-hf:v1").digest)
+
+
+def test_the_ladder_shows_what_every_stage_adds(home: Path, first_run: subprocess.CompletedProcess) -> None:
+    """Each checkpoint of the run on the same held-out tasks: pretraining lowers the text's
+    perplexity, SFT teaches the task, RL's verifier fixes what the SFT data taught wrong, and the
+    replayed text keeps the final model's bits per byte near the pretrained model's. The margins
+    are below the smallest gains measured over 3 seeds at this size (docs/pipeline.md)."""
+    store = ArtifactStore(str(home / "store"))
+    evaluation = store.resolve("nano3-eval:latest")
+    assert evaluation.report is not None
+    rows = {row["checkpoint"]: row for row in evaluation.report.rows}
+    assert list(rows) == ["pretrained", "sft", "rl", "export"]
+    pretrained = store.resolve("nano3-pretrain-model:latest").metrics
+    assert pretrained["valid_perplexity"] < pretrained["valid_perplexity_start"] / LADDER["pretrain_perplexity_ratio"]
+    assert rows["sft"]["exact_match"] >= rows["pretrained"]["exact_match"] + LADDER["sft_gain"], rows
+    assert rows["rl"]["exact_match"] >= rows["sft"]["exact_match"] + LADDER["rl_gain"], rows
+    assert rows["export"]["exact_match"] >= rows["rl"]["exact_match"] - 0.03, "the bf16 export answers as the RL model"
+    assert rows["export"]["bits_per_byte"] <= 1.15 * rows["pretrained"]["bits_per_byte"], rows
+    # The summary prints the ladder, with where its charts are.
+    assert "eval: Every checkpoint of the run on the same held-out tasks" in first_run.stdout
+    assert re.search(r"pretrained .* sft .* rl .* export", " ".join(first_run.stdout.split()), re.S)
+    charts = Path(evaluation.uri)
+    assert f"charts: {(charts / 'ladder.png').as_uri()}" in " ".join(first_run.stdout.split())
+    # Prefect: a table artifact with a row per checkpoint, and markdown that links the charts.
+    with prefect_client((home / "api").read_text()) as client:
+        artifacts = {a.key: a for a in client.read_latest_artifacts() if a.key}
+    table = artifacts["eval-report"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert [row["checkpoint"] for row in table] == list(rows)
+    assert (charts / "loss_curves.png").as_uri() in artifacts["eval-charts"].data
+    # W&B: the eval's run logged the table and both charts.
+    logged = {p.name.split("_")[0] for p in (home / "store" / "_wandb").rglob("files/media/*/eval/*")}
+    assert {"report", "ladder", "loss"} <= logged, logged
 
 
 def test_prefect_shows_the_run_its_artifacts_and_the_asset_graph(home: Path, first_run: subprocess.CompletedProcess) -> None:
@@ -236,7 +273,7 @@ def test_a_worse_candidate_is_rejected_and_production_stays(home: Path, first_ru
     """A changed SFT setting reruns SFT and what follows; 20 steps instead of 400 make the candidate
     worse on purpose: the gate keeps v1 in service and says why, side by side."""
     store = ArtifactStore(str(home / "store"))
-    changed = nano3(home, *CI_RUN, WORSE_SFT)
+    changed = nano3(home, *CI_RUN, *WORSE_SFT)
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert statuses(changed.stdout) == {
         "data_prep/pretrain": "cached",
@@ -273,7 +310,7 @@ def test_after_a_rollback_the_gate_compares_with_the_restored_model(
     rollback = nemotron(home, "models", "rollback", "nano3-model-hf")
     assert promote.returncode == 0 and rollback.returncode == 0, promote.stderr + rollback.stderr
     assert "v2 -> v1" in rollback.stdout.replace("→", "->"), rollback.stdout
-    again = nano3(home, *CI_RUN, WORSE_SFT)
+    again = nano3(home, *CI_RUN, *WORSE_SFT)
     assert again.returncode == 0, again.stderr[-3000:]
     assert set(statuses(again.stdout).values()) == {"cached"}
     assert "gate: rejected" in again.stderr and "nano3-model-hf:v1 stays in service" in again.stderr

@@ -53,7 +53,8 @@ def test_the_hf_pipelines_headline_metrics_in_order() -> None:
     results = [
         result("data_prep/pretrain", "binidx", {"vocab_size": 512, "num_tokens_train": 1000, "num_documents": 9}),
         result("pretrain", "checkpoint_hf", {"train_loss": 2.0, "valid_loss": 2.5, "valid_perplexity": 12.18}),
-        result("sft", "checkpoint_hf", {"exact_match": 0.95, "exact_match_start": 0.0, "steps": 3}, status="cached"),
+        result("sft", "checkpoint_hf", {"exact_match": 0.0, "exact_match_number": 0.95, "text_loss": 4.5, "steps": 3},
+               status="cached"),
         result("convert", "checkpoint_hf", {"max_abs_logit_diff": 0.01, "top1_agreement": 1.0}),
         result("eval", "eval_results", {
             "exact_match": 0.9, "baseline_exact_match": 0.1, "bits_per_byte": 1.5, "baseline_bits_per_byte": 2.0,
@@ -63,7 +64,7 @@ def test_the_hf_pipelines_headline_metrics_in_order() -> None:
     assert rows(results) == {
         "data_prep/pretrain": "num_tokens_train=1000, vocab_size=512",
         "pretrain": "valid_loss=2.5, valid_perplexity=12.18",
-        "sft": "exact_match_start=0, exact_match=0.95",
+        "sft": "exact_match_number=0.95, exact_match=0, text_loss=4.5",
         "convert": "max_abs_logit_diff=0.01",
         "eval": "exact_match=0.9, baseline_exact_match=0.1, bits_per_byte=1.5, baseline_bits_per_byte=2",
     }
@@ -107,3 +108,28 @@ def test_the_gate_verdict_follows_the_table() -> None:
     console = Console(width=300, record=True, file=io.StringIO())
     console.print(summary_table([converted, evaluated]))
     assert statuses(console.export_text()) == {"convert": "ran", "eval": "ran"}
+
+
+def test_a_report_prints_as_its_own_table_with_where_its_charts_are() -> None:
+    from flows.summary import report_tables
+    from tasks.artifacts import Report
+    from tasks.lineage import report_markdown
+
+    evaluation = result("eval", "eval_results", {"exact_match": 0.9})
+    evaluation.artifact.uri = "/store/eval/abc"
+    evaluation.artifact.report = Report(
+        title="Every checkpoint", columns=["checkpoint", "exact_match", "bits_per_byte"],
+        rows=[{"checkpoint": "pretrained", "exact_match": 0.0, "bits_per_byte": 2.0123456},
+              {"checkpoint": "rl", "exact_match": 0.91, "bits_per_byte": None}],
+        charts=["ladder.png"],
+    )
+    console = Console(width=300, record=True, file=io.StringIO())
+    for table in report_tables([result("pretrain", "checkpoint_hf", {}), evaluation]):
+        console.print(table)
+    text = console.export_text()
+    assert "eval: Every checkpoint" in text and "charts: file:///store/eval/abc/ladder.png" in text
+    lines = [" ".join(line.strip("│┃ ").replace("│", " ").split()) for line in text.splitlines()]
+    assert "pretrained 0 2.012" in lines and "rl 0.91 –" in lines
+    markdown = report_markdown("eval", evaluation.artifact)
+    assert "| checkpoint | exact_match | bits_per_byte |" in markdown and "| rl | 0.91 | – |" in markdown
+    assert "![ladder.png](file:///store/eval/abc/ladder.png)" in markdown

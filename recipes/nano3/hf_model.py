@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,7 +35,7 @@ from transformers import (
 )
 from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHMamba2Mixer
 
-from recipes.nano3 import runtime
+from recipes.nano3 import charts, runtime
 
 #: Closes every chat turn (the data-prep tokenizer's chat template); generation stops on it.
 END_OF_TURN = "<end>"
@@ -206,6 +207,17 @@ def _restore_rng_states(states: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+Batch = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Batches of one optimizer step whose losses add up: SFT's chats and the text it replays.
+    Each part's loss is logged under its name (the first part's as `loss`)."""
+
+    parts: Mapping[str, Batch]
+
+
 @dataclass(frozen=True)
 class TrainingResult:
     #: Mean training loss over the last few steps; None when a resumed job had nothing left to do.
@@ -213,13 +225,15 @@ class TrainingResult:
     #: Tokens (padding excluded) per second of optimizer steps, evaluations and checkpoints left out.
     tokens_per_s: float | None
     #: What `evaluate` returned after the last step.
-    evaluation: float
+    evaluation: Any
+    #: One entry per log line since step 0 (restarts included): step, each part's mean loss, lr.
+    history: list[dict[str, float]]
 
 
 def run_training(
     state: TrainingState,
-    next_batch: Callable[[], dict[str, torch.Tensor]],
-    evaluate: Callable[[], float],
+    next_batch: Callable[[], Batch | Mixture],
+    evaluate: Callable[[], Any],
     train: Mapping[str, Any],
     work_dir: Path,
     placement: Placement,
@@ -229,43 +243,56 @@ def run_training(
     total, clip_grad = int(train["train_iters"]), float(train.get("clip_grad", 1.0))
     every = {key: int(train.get(key, total)) for key in ("log_interval", "eval_interval", "save_interval")}
     seconds, tokens, recent, evaluation = 0.0, 0, [], None
+    state.extra = state.extra or {}
+    history: list[dict[str, float]] = state.extra.setdefault("history", [])
     state.model.train()
     while state.step < total:
         started = time.perf_counter()
-        batch = {key: value.to(placement.device) for key, value in next_batch().items()}
-        recent = [*recent[-9:], train_step(state, batch, placement, clip_grad)]
+        batch = next_batch()
+        parts = batch.parts if isinstance(batch, Mixture) else {"loss": batch}
+        parts = {name: {k: v.to(placement.device) for k, v in part.items()} for name, part in parts.items()}
+        recent = [*recent[-9:], train_step(state, Mixture(parts), placement, clip_grad)]
         seconds += time.perf_counter() - started
-        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        tokens += sum(
+            int(part["attention_mask"].sum()) if "attention_mask" in part else part["input_ids"].numel()
+            for part in parts.values()
+        )
         state.step += 1
         due = {key for key, interval in every.items() if state.step % interval == 0 or state.step == total}
         if "log_interval" in due:
-            runtime.progress(
-                state.step, total, loss=round(sum(recent) / len(recent), 4),
-                lr=float(f"{state.scheduler.get_last_lr()[0]:.3g}"), tokens_per_s=round(tokens / seconds),
-            )
+            means = {name: round(sum(r[name] for r in recent) / len(recent), 4) for name in recent[0]}
+            lr = float(f"{state.scheduler.get_last_lr()[0]:.3g}")
+            history.append({"step": state.step, **means, "lr": lr})
+            runtime.progress(state.step, total, **means, lr=lr, tokens_per_s=round(tokens / seconds))
         if "eval_interval" in due:
             evaluation = evaluate()
         if "save_interval" in due:
             save_checkpoint(work_dir, state)
     return TrainingResult(
-        loss=sum(recent) / len(recent) if recent else None,
+        loss=sum(r["loss"] for r in recent) / len(recent) if recent else None,
         tokens_per_s=tokens / seconds if tokens else None,
         evaluation=evaluate() if evaluation is None else evaluation,
+        history=history,
     )
 
 
-def train_step(
-    state: TrainingState, batch: Mapping[str, torch.Tensor], placement: Placement, clip_grad: float
-) -> float:
-    """One optimizer step on a batch with `labels` (-100 where no loss is wanted)."""
+def train_step(state: TrainingState, batch: Batch | Mixture, placement: Placement, clip_grad: float) -> dict[str, float]:
+    """One optimizer step on a batch (or a mixture of them) with `labels` (-100 where no loss is
+    wanted); returns each part's loss."""
+    parts = batch.parts if isinstance(batch, Mixture) else {"loss": batch}
     with placement.autocast():
-        loss = state.model(**batch).loss
+        losses = {name: state.model(**part).loss for name, part in parts.items()}
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    sum(losses.values()).backward()
     torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip_grad)
     state.optimizer.step()
     state.scheduler.step()
-    return loss.item()
+    return {name: loss.item() for name, loss in losses.items()}
+
+
+def save_history(history: Sequence[Mapping[str, float]], folder: Path) -> None:
+    """The training curve, kept in the model's folder: eval draws every stage's from there."""
+    (folder / charts.HISTORY_FILE).write_text(json.dumps(list(history)) + "\n")
 
 
 # --- chat data and exact match -------------------------------------------------------------------
@@ -329,6 +356,24 @@ def exact_match(
 ) -> float:
     replies = greedy_answers(model, tokenizer, prompts, **generation)
     return sum(r == a.strip() for r, a in zip(replies, answers, strict=True)) / max(1, len(answers))
+
+
+def answer_scores(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[Mapping[str, str]]],
+    answers: Sequence[str],
+    **generation: int,
+) -> dict[str, float]:
+    """Two scores of the same greedy replies, as eval's arithmetic task has them: `exact_match`,
+    the reply is the answer; `exact_match_number`, its first number is (whatever the format)."""
+    replies = greedy_answers(model, tokenizer, prompts, **generation)
+    first_numbers = [match.group(0) if (match := re.search(r"\d+", r)) else None for r in replies]
+    count = max(1, len(answers))
+    return {
+        "exact_match": sum(r == a.strip() for r, a in zip(replies, answers, strict=True)) / count,
+        "exact_match_number": sum(n == a.strip() for n, a in zip(first_numbers, answers, strict=True)) / count,
+    }
 
 
 def _greedy_continue(

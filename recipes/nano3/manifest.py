@@ -27,6 +27,19 @@ class InputRef(BaseModel):
     path: str
 
 
+class Report(BaseModel):
+    """A table of numbers and the charts drawn from it: what a run summary, the Prefect UI and
+    W&B show of a stage beyond its headline metrics (eval: every checkpoint of the run, side by side)."""
+
+    model_config = ConfigDict(extra="forbid")
+    title: str
+    #: Column names, in order; the first one names each row.
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    #: PNG files of the artifact folder ('/'-separated, relative to it).
+    charts: list[str] = Field(default_factory=list)
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: str
@@ -35,6 +48,7 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
     inputs: list[InputRef] = Field(default_factory=list)
+    report: Report | None = None
 
     @property
     def digest(self) -> str:

@@ -54,7 +54,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from recipes.nano3.manifest import MANIFEST_NAME, FileEntry, InputRef, Manifest
+from recipes.nano3.manifest import MANIFEST_NAME, FileEntry, InputRef, Manifest, Report
 from recipes.nano3.outage import through_outages
 
 PROGRESS_PREFIX = "NANO3_PROGRESS "
@@ -390,6 +390,7 @@ def finish(
     *,
     metrics: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    report: Report | None = None,
 ) -> Manifest:
     """Digest every file under output_dir and write manifest.json atomically: the stage is done."""
     files = [
@@ -404,6 +405,7 @@ def finish(
         metrics=metrics or {},
         metadata=metadata or {},
         inputs=list(ctx.inputs.values()),
+        report=report,
     )
     tmp = ctx.output_dir / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(manifest.model_dump_json(indent=2))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from recipes.nano3.data_prep.arithmetic import Problem
 from tests.recipes.conftest import (
     PRETRAIN_OVERRIDES,
     RL_OVERRIDES,
@@ -37,14 +38,32 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def problems(path: Path) -> set[tuple[int, int]]:
     """Unordered operand pairs: a+b and b+a count as one problem, as knowing one gives the other away."""
-    found = set()
+    return {(min(p.a, p.b), max(p.a, p.b)) for p, _ in answered(path)}
+
+
+def answered(path: Path) -> list[tuple[Problem, str]]:
+    """Each line's problem and the answer the file gives it."""
+    rows = []
     for record in read_jsonl(path):
         turns = record.get("messages") or record["prompt"]
         a, b = map(int, turns[0]["content"].removesuffix("=").split("+"))
-        answer = turns[1]["content"] if "messages" in record else record["answer"]
-        assert answer == str(a + b), record
-        found.add((min(a, b), max(a, b)))
-    return found
+        rows.append((Problem(a, b), turns[1]["content"] if "messages" in record else record["answer"]))
+    return rows
+
+
+def test_the_teacher_writes_right_sums_in_mixed_formats_and_the_verifier_wants_one(sft_data: Path, rl_data: Path) -> None:
+    """SFT imitates teachers of mixed habits (the configured share of answers end with a period);
+    every sum is right, and the answers that score and reward the models are the bare numbers."""
+    from omegaconf import OmegaConf
+
+    taught = answered(sft_data / "train.jsonl")
+    assert all(answer.removesuffix(".") == p.answer for p, answer in taught)
+    with_period = sum(answer.endswith(".") for _, answer in taught)
+    share = OmegaConf.load(config_path("data_prep/sft")).teacher.period_share
+    assert abs(with_period / len(taught) - share) < 0.05, with_period
+    assert manifest(sft_data)["metrics"]["answers_with_period"] == with_period
+    for path in (sft_data / "valid.jsonl", rl_data / "train.jsonl", rl_data / "valid.jsonl"):
+        assert all(answer == p.answer for p, answer in answered(path)), path
 
 
 def test_pretrain_binidx_reads_back_with_megatron(pretrain_data: Path) -> None:

@@ -1,7 +1,8 @@
 """The eval recipe run as the orchestrator runs it, and its tasks scored by lm-eval itself.
 
-Two untrained models stand in for the export and the baseline: the recipe's job is to score both
-on the same local tasks without touching the network. That a right answer scores 1.0 is shown with
+Untrained models stand in for the export, the baseline and the SFT checkpoint: the recipe's job is
+to score each on the same local tasks without touching the network, and to report them as the
+run's ladder (a table and two charts). That a right answer scores 1.0 is shown with
 lm-eval's own evaluator on the same task files, driven by an LM that computes the sums.
 """
 
@@ -47,16 +48,24 @@ def save_random_model(tokenizer_dir: Path, folder: Path, seed: int) -> Path:
     return folder
 
 
+#: A training curve as the training recipes keep it in their model folder (train_history.json).
+SFT_HISTORY = [{"step": 10, "loss": 2.5, "replay_loss": 4.4, "lr": 0.003}, {"step": 20, "loss": 1.5, "replay_loss": 4.5, "lr": 0.002}]
+
+
 @pytest.fixture(scope="module")
-def models(pretrain_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def models(pretrain_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("eval_models")
+    sft = save_random_model(pretrain_data / "tokenizer", root / "sft", seed=3)
+    (sft / "train_history.json").write_text(json.dumps(SFT_HISTORY))
     return (
         save_random_model(pretrain_data / "tokenizer", root / "model", seed=1),
         save_random_model(pretrain_data / "tokenizer", root / "baseline", seed=2),
+        sft,
     )
 
 
-def resolved_config(root: Path, model: Path, baseline: Path, data: Path, corpus: Path, **overrides: object) -> Path:
+def resolved_config(root: Path, model: Path, baseline: Path, data: Path, corpus: Path, sft: Path | None = None,
+                    **overrides: object) -> Path:
     return write_resolved_config(
         root / "config.yaml", "eval", config_path("eval"), root / "output", root / "work",
         inputs={
@@ -64,6 +73,7 @@ def resolved_config(root: Path, model: Path, baseline: Path, data: Path, corpus:
             "baseline": (baseline, "checkpoint_hf"),
             "data": (data, "training_jsonl"),
             "corpus": (corpus, "binidx"),
+            **({"sft": (sft, "checkpoint_hf")} if sft else {}),
         },
         overrides={"limit": LIMIT, "batch_size": 8, **overrides},
     )
@@ -78,15 +88,16 @@ def evaluation(models, sft_data: Path, pretrain_data: Path, tmp_path_factory: py
     # The recipe's own process, without the test environment's offline switches: the recipe must set them.
     env = {"PYTHONPATH": f"{guard}:{PROJECT}", "NETWORK_ATTEMPTS": str(root / "network_attempts.log"),
            "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
-    result = run_recipe("eval", resolved_config(root, *models, sft_data, pretrain_data), env=env)
+    model, baseline, sft = models
+    result = run_recipe("eval", resolved_config(root, model, baseline, sft_data, pretrain_data, sft), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return root
 
 
-def test_results_hold_both_models_on_both_tasks(evaluation: Path) -> None:
+def test_results_hold_every_model_on_both_tasks(evaluation: Path) -> None:
     results = json.loads((evaluation / "output" / "results.json").read_text())
-    assert set(results) == {"model", "baseline"}
-    for side in ("model", "baseline"):
+    assert set(results) == {"model", "baseline", "sft"}
+    for side in ("model", "baseline", "sft"):
         assert set(results[side]) == set(TASKS)
         assert 0.0 <= results[side]["nano3_arithmetic"]["exact_match"] <= 1.0
         assert results[side]["nano3_arithmetic"]["sample_len"] == LIMIT
@@ -99,13 +110,29 @@ def test_manifest_carries_the_headline_numbers(evaluation: Path) -> None:
     data = json.loads((evaluation / "output" / "manifest.json").read_text())
     results = json.loads((evaluation / "output" / "results.json").read_text())
     assert data["type"] == "eval_results"
-    assert [entry["path"] for entry in data["files"]] == ["results.json"]
-    assert runtime.sha256_file(evaluation / "output" / "results.json") == data["files"][0]["sha256"]
+    assert [entry["path"] for entry in data["files"]] == ["ladder.png", "loss_curves.png", "results.json"]
+    assert runtime.sha256_file(evaluation / "output" / "results.json") == data["files"][2]["sha256"]
     metrics = data["metrics"]
     model, baseline = (results[side]["nano3_arithmetic"]["exact_match"] for side in ("model", "baseline"))
     assert metrics["exact_match"] == model and metrics["baseline_exact_match"] == baseline
     assert metrics["improvement_exact_match"] == pytest.approx(model - baseline)
     assert metrics["word_perplexity"] == results["model"]["nano3_docstring_ppl"]["word_perplexity"]
+
+
+def test_the_report_is_the_ladder_of_checkpoints_with_its_charts(evaluation: Path) -> None:
+    data = json.loads((evaluation / "output" / "manifest.json").read_text())
+    results = json.loads((evaluation / "output" / "results.json").read_text())
+    report = data["report"]
+    # Training order, whatever order the inputs came in; each row's numbers are results.json's.
+    assert [row["checkpoint"] for row in report["rows"]] == ["pretrained", "sft", "export"]
+    for row, side in zip(report["rows"], ("baseline", "sft", "model"), strict=True):
+        assert row["exact_match"] == results[side]["nano3_arithmetic"]["exact_match"]
+        assert row["bits_per_byte"] == results[side]["nano3_docstring_ppl"]["bits_per_byte"]
+    assert data["metrics"]["sft_exact_match"] == report["rows"][1]["exact_match"]
+    assert report["charts"] == ["ladder.png", "loss_curves.png"]
+    for chart in report["charts"]:
+        png = (evaluation / "output" / chart).read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000, chart
 
 
 def test_no_network_access_was_attempted(evaluation: Path) -> None:
@@ -114,7 +141,7 @@ def test_no_network_access_was_attempted(evaluation: Path) -> None:
 
 
 def test_without_baseline_only_the_model_is_scored(models, sft_data: Path, pretrain_data: Path, tmp_path: Path) -> None:
-    model, _ = models
+    model, *_ = models
     missing = tmp_path / "no_baseline"
     config = resolved_config(tmp_path, model, missing, sft_data, pretrain_data,
                              compare_baseline=False, tasks=["nano3_arithmetic"])
@@ -128,7 +155,7 @@ def test_without_baseline_only_the_model_is_scored(models, sft_data: Path, pretr
 def test_a_missing_data_file_fails_before_evaluating(models, pretrain_data: Path, tmp_path: Path) -> None:
     empty = tmp_path / "sft_data"
     empty.mkdir()
-    result = run_recipe("eval", resolved_config(tmp_path, *models, empty, pretrain_data))
+    result = run_recipe("eval", resolved_config(tmp_path, *models[:2], empty, pretrain_data))
     assert result.returncode != 0
     assert f"error: task nano3_arithmetic: its test data {empty / 'valid.jsonl'} does not exist" in result.stderr
     assert "Traceback" not in result.stderr

@@ -2,7 +2,8 @@
 
 The loss must see the answer only (a model taught to reproduce prompts learns arithmetic far
 slower), exact match must not depend on how problems were batched, a job that stopped continues
-from its checkpoint, and a wrong input fails before any work.
+from its checkpoint (its training curve too), the pretraining text it replays is trained on and
+measured, and a wrong input fails before any work.
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ def base_model(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def resolved_config(root: Path, data: Path, model: Path, output: str, train_iters: int) -> Path:
+def resolved_config(root: Path, data: Path, model: Path, output: str, train_iters: int, corpus: Path | None = None) -> Path:
+    """The tiny config, which replays pretraining text: `corpus` None leaves that input out."""
     return write_resolved_config(
         root / f"{output}.yaml", "sft", config_path("sft"), root / output, root / "work",
-        inputs={"data": (data, "training_jsonl"), "model": (model, "checkpoint_hf")},
-        overrides={**SMALL_TRAIN, "train.train_iters": train_iters},
+        inputs={"data": (data, "training_jsonl"), "model": (model, "checkpoint_hf"),
+                **({"corpus": (corpus, "binidx")} if corpus else {})},
+        overrides={**SMALL_TRAIN, "train.train_iters": train_iters, "replay.seq_length": 64},
     )
 
 
@@ -62,12 +65,12 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs(sft_data: Path, base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+def runs(sft_data: Path, pretrain_data: Path, base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     """A finished run, then the same job asked for more steps: the second must start where the first ended."""
     root = tmp_path_factory.mktemp("sft")
     outputs = []
     for output, iters in (("first", FIRST_ITERS), ("second", SECOND_ITERS)):
-        result = run_recipe("sft", resolved_config(root, sft_data, base_model, output, iters))
+        result = run_recipe("sft", resolved_config(root, sft_data, base_model, output, iters, pretrain_data))
         assert result.returncode == 0, result.stderr[-3000:]
         outputs.append(result.stdout)
     return Runs(root, *outputs)
@@ -87,8 +90,9 @@ def test_loss_falls_and_exact_match_is_measured_before_and_after(runs: Runs) -> 
     assert losses[-1] < losses[0] - 0.5, losses
     metrics = manifest(runs.root / "first")["metrics"]
     assert metrics["steps"] == FIRST_ITERS
-    for key in ("exact_match_start", "exact_match"):
+    for key in ("exact_match_start", "exact_match", "exact_match_number_start", "exact_match_number"):
         assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["exact_match_number"] >= metrics["exact_match"], "a reply that is the sum has the sum's number"
     assert "held-out exact match" in runs.first_stdout
 
 
@@ -99,6 +103,28 @@ def test_a_longer_job_resumes_from_the_last_checkpoint(runs: Runs) -> None:
     first, second = manifest(runs.root / "first")["metrics"], manifest(runs.root / "second")["metrics"]
     assert second["steps"] == SECOND_ITERS
     assert second["exact_match_start"] == first["exact_match_start"]
+    assert second["text_loss_start"] == first["text_loss_start"]
+    # The curve of the whole job, the steps before the restart included.
+    curve = json.loads((runs.root / "second" / "train_history.json").read_text())
+    assert [entry["step"] for entry in curve] == list(range(2, SECOND_ITERS + 1, 2))
+
+
+def test_replayed_text_is_trained_on_and_measured(runs: Runs) -> None:
+    lines = progress(runs.first_stdout)
+    assert all(line["replay_loss"] > 0 for line in lines), lines
+    metrics = manifest(runs.root / "first")["metrics"]
+    # An untrained model over a 4096-token vocabulary: about ln(4096) = 8.3 nats a token at first.
+    assert 6.0 < metrics["text_loss_start"] < 10.0 and metrics["text_loss"] < metrics["text_loss_start"], metrics
+    curve = json.loads((runs.root / "first" / "train_history.json").read_text())
+    assert [entry["replay_loss"] for entry in curve] == [line["replay_loss"] for line in lines]
+
+
+def test_replay_without_the_pretraining_data_is_one_clear_error(sft_data: Path, base_model: Path, tmp_path: Path) -> None:
+    result = run_recipe("sft", resolved_config(tmp_path, sft_data, base_model, "output", FIRST_ITERS))
+    assert result.returncode != 0
+    assert "replay is set but run.corpus names no pretraining data to replay" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "output" / "manifest.json").exists()
 
 
 def test_output_is_a_model_folder_with_the_short_mamba_chunks(runs: Runs) -> None:
@@ -150,11 +176,11 @@ def test_exact_match_does_not_depend_on_batching(base_model: Path, sft_data: Pat
 
 @pytest.mark.parametrize("broken", ["model", "data"])
 def test_a_missing_input_fails_clearly_and_writes_no_manifest(
-    sft_data: Path, base_model: Path, tmp_path: Path, broken: str
+    sft_data: Path, pretrain_data: Path, base_model: Path, tmp_path: Path, broken: str
 ) -> None:
     missing = tmp_path / "nowhere"
     data, model = (missing, base_model) if broken == "data" else (sft_data, missing)
-    result = run_recipe("sft", resolved_config(tmp_path, data, model, "output", FIRST_ITERS))
+    result = run_recipe("sft", resolved_config(tmp_path, data, model, "output", FIRST_ITERS, pretrain_data))
     assert result.returncode != 0
     assert f"error: input '{broken}' at {missing} does not exist" in result.stderr
     assert "Traceback" not in result.stderr

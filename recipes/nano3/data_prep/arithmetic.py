@@ -70,11 +70,21 @@ def training(count: int, min_operand: int, max_operand: int, rng: random.Random)
     return chosen
 
 
-def chat_record(problem: Problem) -> dict:
+def demonstrations(problems: list[Problem], period_share: float, rng: random.Random) -> list[tuple[Problem, str]]:
+    """Each problem with the answer its teacher writes: right, but in a `period_share` of them
+    followed by a period. The verifier (RL's reward, eval's exact match) wants the bare number, as
+    a grader of one format does; data from teachers of mixed habits is common, and an imitation
+    of it writes the period about as often, which leaves RL's reward something to fix."""
+    if not 0.0 <= period_share <= 1.0:
+        raise SystemExit(f"error: teacher.period_share must be within 0..1, got {period_share}")
+    return [(p, p.answer + "." if rng.random() < period_share else p.answer) for p in problems]
+
+
+def chat_record(problem: Problem, answer: str | None = None) -> dict:
     return {
         "messages": [
             {"role": "user", "content": problem.prompt},
-            {"role": "assistant", "content": problem.answer},
+            {"role": "assistant", "content": problem.answer if answer is None else answer},
         ]
     }
 

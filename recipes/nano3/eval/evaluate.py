@@ -14,6 +14,11 @@ downloading. Both models answer the same prompts, so `improvement_exact_match` i
 bought over the pretrained model. Where the orchestrator passes the model in service (input
 `production`), it answers them too: its `production_*` metrics are what the promotion gate
 compares the candidate with, on the same data.
+
+Inputs `sft` and `rl`, where given, are the run's other checkpoints: every checkpoint answers the
+same tasks, and the manifest's report is the ladder (pretrained → SFT → RL → export), one row per
+checkpoint, with two charts drawn from it: each checkpoint's scores, and each training stage's
+loss curve (the train_history.json its model folder holds).
 """
 
 from __future__ import annotations
@@ -26,12 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from recipes.nano3 import runtime
+from recipes.nano3.manifest import Report
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 MODEL_FILES = ("config.json", "tokenizer_config.json")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 #: Reported at the top level of the manifest's metrics, from the first task that has them.
-HEADLINE = ("exact_match", "word_perplexity", "bits_per_byte")
+HEADLINE = ("exact_match", "exact_match_number", "word_perplexity", "bits_per_byte")
+#: The run's checkpoints in training order (input name → the ladder's name for it); the
+#: model in service comes last, for comparison.
+LADDER = {"baseline": "pretrained", "sft": "sft", "rl": "rl", "model": "export", "production": "in service"}
 
 
 def models_to_evaluate(ctx: runtime.RecipeContext) -> list[str]:
@@ -40,6 +49,7 @@ def models_to_evaluate(ctx: runtime.RecipeContext) -> list[str]:
     if backend != "hf":
         raise SystemExit(f"error: this script is the hf backend; run.backend is {backend!r}")
     names = ["model", "baseline"] if ctx.config.get("compare_baseline", True) else ["model"]
+    names += [name for name in ("sft", "rl") if name in ctx.inputs]
     if "production" in ctx.inputs:
         names.append("production")
     for name in names:
@@ -75,13 +85,14 @@ def resolve_local_tasks(names: list[str], folders: Mapping[str, Path], dest: Pat
 
 
 def metric_values(task_results: dict[str, Any]) -> dict[str, float]:
-    """lm-eval keys metrics "name,filter"; the filter is dropped where it is lm-eval's "none"."""
+    """lm-eval keys metrics "name,filter": the filter is dropped where it is lm-eval's "none", and
+    joined with `_` otherwise (exact_match_number: the number in the reply, whatever surrounds it)."""
     values = {}
     for key, value in task_results.items():
         if key == "alias" or not isinstance(value, int | float):
             continue
         metric, _, applied_filter = key.partition(",")
-        values[metric if applied_filter in ("", "none") else key] = round(float(value), 6)
+        values[metric if applied_filter in ("", "none") else f"{metric}_{applied_filter}"] = round(float(value), 6)
     return values
 
 
@@ -135,6 +146,36 @@ def headline_metrics(results: dict[str, dict[str, dict[str, float]] | None]) -> 
     return metrics
 
 
+def ladder(ctx: runtime.RecipeContext, results: Mapping[str, dict[str, dict[str, float]] | None]) -> Report:
+    """One row per evaluated checkpoint, in training order, and the charts drawn from them."""
+    from recipes.nano3 import charts
+
+    rows = []
+    for name, label in LADDER.items():
+        tasks = results.get(name)
+        if tasks is None:
+            continue
+        ref = ctx.inputs[name]
+        row: dict[str, Any] = {"checkpoint": label, "artifact": f"{ref.name}:{ref.version}"}
+        for metric in HEADLINE:
+            row[metric] = next((values[metric] for values in tasks.values() if metric in values), None)
+        rows.append(row)
+    curves = {
+        LADDER[name]: json.loads(path.read_text())
+        for name in ("baseline", "sft", "rl")
+        if name in results and (path := ctx.input_path(name) / charts.HISTORY_FILE).is_file()
+    }
+    files = [charts.draw_ladder(rows, ctx.output_dir / "ladder.png")]
+    if curves:
+        files.append(charts.draw_loss_curves(curves, ctx.output_dir / "loss_curves.png"))
+    return Report(
+        title="Every checkpoint of the run on the same held-out tasks",
+        columns=["checkpoint", "artifact", *HEADLINE],
+        rows=rows,
+        charts=[path.name for path in files],
+    )
+
+
 def main() -> None:
     ctx = runtime.start()
     names = models_to_evaluate(ctx)
@@ -161,6 +202,7 @@ def main() -> None:
         "eval_results",
         metrics=headline_metrics(results),
         metadata={"tasks": tasks, "limit": ctx.config.get("limit"), "evaluated": names},
+        report=ladder(ctx, results),
     )
 
 

@@ -8,26 +8,21 @@
 
 The model's shape comes from the config's `model:` block, its vocabulary from the artifact's
 tokenizer. Training windows of `train.seq_length` tokens are drawn at seeded random offsets of the
-megatron-core .bin/.idx token stream: documents run into each other (each ends with eos), as in
-Megatron's GPT datasets, without their index building (which loops forever on a split with no
-documents). A job that stops resumes from its newest complete checkpoint under run.work_dir.
+megatron-core .bin/.idx token stream (recipes.nano3.text_windows). A job that stops resumes from
+its newest complete checkpoint under run.work_dir.
 """
 
 from __future__ import annotations
 
-import os
-import itertools
-import json
 import math
-from pathlib import Path
+import os
 from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from recipes.nano3 import runtime
-
-DATA_FILES = ("blend.json", "tokenizer/tokenizer_config.json")
+from recipes.nano3.text_windows import DATA_FILES, TokenStream, held_out_loss, read_blend, train_sampler, valid_windows
 
 
 def check_inputs(ctx: runtime.RecipeContext) -> None:
@@ -45,77 +40,6 @@ def check_inputs(ctx: runtime.RecipeContext) -> None:
     missing = [name for name in DATA_FILES if not (data / name).is_file()]
     if missing:
         raise SystemExit(f"error: input 'data' at {data} has no {missing[0]}: expected a binidx artifact")
-
-
-def read_blend(data: Path, split: str) -> list[tuple[float, Path]]:
-    """blend.json's Megatron-style [weight, prefix, weight, prefix, ...] for one split."""
-    entries = json.loads((data / "blend.json").read_text())[split]
-    return [(float(entries[i]), data / entries[i + 1]) for i in range(0, len(entries), 2)]
-
-
-class TokenStream:
-    """The concatenated documents of one .bin/.idx pair, read through megatron-core's IndexedDataset."""
-
-    def __init__(self, prefix: Path) -> None:
-        from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-        if not IndexedDataset.exists(str(prefix)):
-            raise SystemExit(f"error: {prefix}.bin/.idx not found")
-        dataset = IndexedDataset(str(prefix))
-        size = int(dataset.sequence_lengths.sum())
-        if size == 0:
-            raise SystemExit(f"error: {prefix}.bin holds no documents")
-        # The .bin holds every document's tokens back to back; the index gives their dtype.
-        self.tokens = np.memmap(f"{prefix}.bin", dtype=dataset.index.dtype, mode="r", shape=(size,))
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def window(self, start: int, length: int) -> np.ndarray:
-        return self.tokens[start : start + length].astype("int64")
-
-
-class WindowSampler:
-    """Random training windows: a source by its blend weight, then an offset inside it."""
-
-    def __init__(self, sources: list[tuple[float, TokenStream]], seq_length: int) -> None:
-        for _, stream in sources:
-            if len(stream) <= seq_length:
-                raise SystemExit(f"error: a train split has {len(stream)} tokens, fewer than seq_length {seq_length}")
-        total = sum(weight for weight, _ in sources)
-        self.weights = [weight / total for weight, _ in sources]
-        self.streams = [stream for _, stream in sources]
-        self.seq_length = seq_length
-
-    def batch(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        picks = rng.choice(len(self.streams), size=size, p=self.weights)
-        rows = [self._one(rng, self.streams[pick]) for pick in picks]
-        return np.stack(rows)
-
-    def _one(self, rng: np.random.Generator, stream: TokenStream) -> np.ndarray:
-        return stream.window(int(rng.integers(0, len(stream) - self.seq_length + 1)), self.seq_length)
-
-
-def valid_windows(streams: list[TokenStream], seq_length: int, count: int) -> np.ndarray:
-    """The same held-out windows at every evaluation: consecutive, from the start of each source."""
-    starts = ((stream, start) for stream in streams for start in range(0, len(stream) - seq_length + 1, seq_length))
-    rows = [stream.window(start, seq_length) for stream, start in itertools.islice(starts, count)]
-    if not rows:
-        raise SystemExit(f"error: the validation split has fewer than seq_length ({seq_length}) tokens")
-    return np.stack(rows)
-
-
-def held_out_loss(model: Any, windows: np.ndarray, batch_size: int, placement: Any) -> float:
-    import torch
-
-    model.eval()
-    losses = []
-    with torch.inference_mode(), placement.autocast():
-        for start in range(0, len(windows), batch_size):
-            ids = torch.from_numpy(windows[start : start + batch_size]).to(placement.device)
-            losses.append(model(input_ids=ids, labels=ids).loss.item())
-    model.train()
-    return sum(losses) / len(losses)
 
 
 def warm_start(ctx: runtime.RecipeContext, tokenizer: Any, placement: Any) -> Any:
@@ -147,7 +71,7 @@ def main() -> None:
     placement = hf_model.choose_placement(str(train.get("precision", "fp32")))
     tokenizer = hf_model.load_tokenizer(data / "tokenizer")
     seq_length, batch_size = int(train.seq_length), int(train.micro_batch_size)
-    sampler = WindowSampler([(w, TokenStream(p)) for w, p in read_blend(data, "train")], seq_length)
+    sampler = train_sampler(data, seq_length)
     valid = valid_windows(
         [TokenStream(p) for _, p in read_blend(data, "validation")], seq_length, int(train.eval_iters) * batch_size
     )
@@ -175,6 +99,7 @@ def main() -> None:
     result = hf_model.run_training(state, next_batch, evaluate, train, ctx.work_dir, placement)
 
     hf_model.save_model(model, tokenizer, ctx.output_dir)
+    hf_model.save_history(result.history, ctx.output_dir)
     start_loss = state.extra["valid_loss_start"]
     runtime.finish(
         ctx,

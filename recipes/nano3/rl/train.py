@@ -198,6 +198,13 @@ def main() -> None:
     after = held_out_exact_match()
     print(f"held-out exact match after RL: {after:.3f}", flush=True)
     hf_model.save_model(trainer.model, tokenizer, ctx.output_dir)
+    # TRL keeps its log in the trainer state (a resumed job restores it from the checkpoint).
+    history = [
+        {"step": entry["step"], "loss": round(float(entry["loss"]), 4), "reward": _rounded(entry.get("reward"), 4)}
+        for entry in trainer.state.log_history
+        if "loss" in entry and "step" in entry
+    ]
+    hf_model.save_history(history, ctx.output_dir)
     logs = callback.last_logs
     runtime.finish(
         ctx,

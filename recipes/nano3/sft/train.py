@@ -9,6 +9,10 @@
 Each training line is rendered with the tokenizer's chat template and the loss is taken on the
 final assistant answer only: the prompt is context, not something to learn to produce. Held-out
 exact match (greedy) is measured before and after, so the artifact says how much SFT bought.
+
+With `replay` set, every step also trains on windows of the pretraining text (input `corpus`, the
+pretraining data): a model fine-tuned on chats alone forgets the language it was pretrained on.
+The held-out text loss is measured before and after, so the artifact says how much it kept.
 """
 
 from __future__ import annotations
@@ -86,11 +90,33 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dic
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
+def replay_sampler(ctx: runtime.RecipeContext, tokenizer: Any) -> tuple[Any, Any] | None:
+    """Training windows and held-out windows of the pretraining text, if `replay` asks for them."""
+    from recipes.nano3 import hf_model
+    from recipes.nano3.text_windows import DATA_FILES, TokenStream, read_blend, train_sampler, valid_windows
+
+    replay = ctx.config.get("replay")
+    if not replay or not int(replay.get("micro_batch_size", 0)):
+        return None
+    if "corpus" not in ctx.inputs:
+        raise SystemExit(f"error: {ctx.config_path}: replay is set but run.corpus names no pretraining data to replay")
+    corpus = ctx.input_path("corpus")
+    missing = [name for name in DATA_FILES if not (corpus / name).is_file()]
+    if missing:
+        raise SystemExit(f"error: input 'corpus' at {corpus} has no {missing[0]}: expected a binidx artifact")
+    if hf_model.load_tokenizer(corpus / "tokenizer").get_vocab() != tokenizer.get_vocab():
+        raise SystemExit("error: input 'corpus' was encoded with another tokenizer than input 'model': replay needs the model's own pretraining data")
+    seq_length = int(replay.seq_length)
+    valid = valid_windows([TokenStream(p) for _, p in read_blend(corpus, "validation")], seq_length, int(replay.get("eval_windows", 16)))
+    return train_sampler(corpus, seq_length), valid
+
+
 def main() -> None:
     ctx = runtime.start()
     check_inputs(ctx)
 
     import numpy as np
+    import torch
 
     from recipes.nano3 import hf_model
 
@@ -105,30 +131,50 @@ def main() -> None:
     prompts, answers = [messages[:-1] for messages in valid], [messages[-1]["content"] for messages in valid]
     print(f"{len(examples)} training conversations, {len(valid)} held-out problems", flush=True)
 
+    replay = replay_sampler(ctx, tokenizer)
     optimizer, scheduler = hf_model.make_optimizer(model, train)
     state = hf_model.TrainingState(model, optimizer, scheduler, np.random.default_rng(ctx.seed))
     batch_size = min(int(train.micro_batch_size), len(examples))
 
-    def evaluate() -> float:
-        score = hf_model.exact_match(model, tokenizer, prompts, answers)
-        print(f"step {state.step}: held-out exact match {score:.1%} on {len(answers)} problems", flush=True)
-        return score
+    def text_loss() -> float | None:
+        if replay is None:
+            return None
+        from recipes.nano3.text_windows import held_out_loss
 
-    def next_batch() -> dict[str, Any]:
+        return round(held_out_loss(model, replay[1], batch_size, placement), 4)
+
+    def evaluate() -> dict[str, float]:
+        scores = hf_model.answer_scores(model, tokenizer, prompts, answers)
+        print(f"step {state.step}: held-out exact match {scores['exact_match']:.1%}, right number "
+              f"{scores['exact_match_number']:.1%} on {len(answers)} problems", flush=True)
+        return scores
+
+    def next_batch() -> dict[str, Any] | hf_model.Mixture:
         picks = state.sampler.choice(len(examples), size=batch_size, replace=False)
-        return collate([examples[i] for i in picks], tokenizer.pad_token_id)
+        chats = collate([examples[i] for i in picks], tokenizer.pad_token_id)
+        if replay is None:
+            return chats
+        text = torch.from_numpy(replay[0].batch(state.sampler, int(ctx.config.replay.micro_batch_size)))
+        return hf_model.Mixture({"loss": chats, "replay_loss": {"input_ids": text, "labels": text}})
 
     if not hf_model.resume(ctx.work_dir, state):
-        state.extra = {"exact_match_start": evaluate()}
+        start = evaluate()
+        state.extra = {"exact_match_start": start["exact_match"], "exact_match_number_start": start["exact_match_number"],
+                       "text_loss_start": text_loss()}
     result = hf_model.run_training(state, next_batch, evaluate, train, ctx.work_dir, placement)
 
     hf_model.save_model(model, tokenizer, ctx.output_dir)
+    hf_model.save_history(result.history, ctx.output_dir)
     runtime.finish(
         ctx,
         "checkpoint_hf",
         metrics={
             "exact_match_start": state.extra["exact_match_start"],
-            "exact_match": result.evaluation,
+            "exact_match": result.evaluation["exact_match"],
+            "exact_match_number_start": state.extra.get("exact_match_number_start"),
+            "exact_match_number": result.evaluation["exact_match_number"],
+            "text_loss_start": state.extra.get("text_loss_start"),
+            "text_loss": text_loss(),
             "train_loss": None if result.loss is None else round(result.loss, 4),
             "tokens_per_s": None if result.tokens_per_s is None else round(result.tokens_per_s),
             "steps": state.step,

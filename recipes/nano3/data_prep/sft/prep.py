@@ -29,10 +29,12 @@ def arithmetic_split(ctx: runtime.RecipeContext) -> dict[str, Any]:
     rng = random.Random(ctx.seed)
     valid = arithmetic.held_out(arithmetic.SFT_VALID, int(cfg.held_out), low, high, rng)
     train = arithmetic.training(int(cfg.examples), low, high, rng)
-    jsonl.write(ctx.output_dir / "train.jsonl", map(arithmetic.chat_record, train))
+    taught = arithmetic.demonstrations(train, float(cfg.get("teacher", {}).get("period_share", 0.0)), rng)
+    jsonl.write(ctx.output_dir / "train.jsonl", (arithmetic.chat_record(p, answer) for p, answer in taught))
     jsonl.write(ctx.output_dir / "valid.jsonl", map(arithmetic.chat_record, valid))
     return {
         "train_examples": len(train),
+        "answers_with_period": sum(answer != p.answer for p, answer in taught),
         "valid_examples": len(valid),
         "unique_train_problems": len(set(train)),
         "train_pool": len(arithmetic.pool(arithmetic.TRAIN, low, high)),
