@@ -48,21 +48,13 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from tasks.stages import STAGES  # noqa: E402
+from tests.ci_run import CI_RUN  # noqa: E402
 from tests.prefect_server import prefect_server  # noqa: E402
 from tests.summary_table import statuses  # noqa: E402
 
 #: The run the CI test makes: small corpus, short training (≈ 1/3 of the laptop run).
 SIZES: dict[str, list[str]] = {
-    "ci": [
-        "data_prep/pretrain:corpus.max_bytes=1000000",
-        "data_prep/pretrain:tokenizer.vocab_size=2048",
-        "pretrain:train.train_iters=60",
-        "pretrain:train.save_interval=30",
-        "pretrain:train.eval_interval=30",
-        "rl:train.train_iters=8",
-        "rl:train.save_interval=4",
-        "eval:limit=100",
-    ],
+    "ci": CI_RUN,
     "tiny": [],
     #: Every stage, a few steps each: the fixed costs (start-up, Prefect, NeMo-Run) weigh most here,
     #: so its ratio bounds the overhead of the longer runs from above.

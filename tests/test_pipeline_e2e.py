@@ -24,6 +24,7 @@ import pytest
 from tasks.artifacts import ArtifactStore
 from tasks.lineage import asset_key
 from tasks.stages import STAGES
+from tests.ci_run import CI_RUN
 from tests.prefect_server import prefect_client, prefect_server
 from tests.processes import alive as _alive, cmdline as _cmdline, descendants as _descendants
 from tests.summary_table import statuses
@@ -66,21 +67,6 @@ def records(home: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (home / "store" / "_runs").glob("*.json")}
 
 
-CI_RUN = [
-    # The source (store/sources/pretrain-corpus) starts with 1 MB of the offline corpus.
-    "data_prep/pretrain:corpus.fill_bytes=1000000",
-    "data_prep/pretrain:tokenizer.vocab_size=2048",
-    "pretrain:train.train_iters=60",
-    "pretrain:train.save_interval=30",
-    "pretrain:train.eval_interval=30",
-    # SFT keeps its tiny length (400 steps): the held-out jump comes between steps 200 and 300,
-    # and a run cut at 250 landed on either side of it (0.69, then 0.08); at 400, 0.99.
-    "sft:train.save_interval=200",
-    "sft:train.eval_interval=200",
-    "rl:train.train_iters=50",
-    "rl:train.save_interval=25",
-    "eval:limit=100",
-]
 #: A changed SFT setting that makes the candidate worse on purpose: 20 steps instead of 400
 #: (its RL is cut short too: there is nothing for it to improve).
 WORSE_SFT = ("sft:train.train_iters=20", "rl:train.train_iters=4")
