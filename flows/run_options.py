@@ -232,7 +232,7 @@ def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
             producer = producers.get(item.artifact)
             where = dict(file=str(job.config_file), key=f"run.{item.key}")
             try:
-                if item.key in job.stage.optional:
+                if job.stage.may_be_absent(item.key):
                     found = store.find(item.ref, expected_type=kinds[item.key])
                     if found is None:
                         continue

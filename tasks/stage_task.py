@@ -70,16 +70,17 @@ def resolve_inputs(
 ) -> dict[str, ArtifactVersion]:
     """The artifact version of each input the config's `run:` block names; those made earlier in
     this run win over `latest`. An optional input (Stage.optional) that names nothing yet (an
-    alias nobody has set), or the same content as another input, is left out, and `say` says so."""
+    alias nobody has set), or the same content as another input, is left out, and `say` says so;
+    one of Stage.required_if_set is left out only where the config does not name it."""
     inputs: dict[str, ArtifactVersion] = {}
     run_block = job.recipe_config.get("run") or {}
     for name, kind in job.stage.consumes:
         ref = str(run_block.get(name) or "")
-        optional = name in job.stage.optional
         if not ref:
-            if optional:
+            if name in job.stage.optional:
                 continue
             raise ArtifactError(f"stage {job.stage.id}: config {job.config_file} sets no run.{name} ({kind} input)")
+        optional = job.stage.may_be_absent(name)
         made_here = produced.get(ref.removeprefix("art://").split(":")[0])
         if made_here and ref.endswith(":latest"):
             found: ArtifactVersion | None = made_here

@@ -95,6 +95,9 @@ class Stage:
     sources: tuple[str, ...] = ()
     #: Inputs the config may leave unset, or whose alias may name nothing yet (the model in service).
     optional: tuple[str, ...] = ()
+    #: Optional inputs that, once the config names them, must exist: a run that went on without
+    #: them would be another run than the one asked for (SFT's replayed pretraining text).
+    required_if_set: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_types(self.id, self.consumes, self.produces)
@@ -103,6 +106,10 @@ class Stage:
                 raise ValueError(f"stage {self.id}: unknown backend {backend!r} (backends: {', '.join(BACKENDS)})")
             if runtime is not None:
                 _check_types(self.id, runtime.consumes, runtime.produces)
+
+    def may_be_absent(self, name: str) -> bool:
+        """Whether input `name`, named by the config, may name nothing yet (the stage runs without it)."""
+        return name in self.optional and name not in self.required_if_set
 
     @property
     def runtimes(self) -> dict[str, Runtime]:
@@ -238,6 +245,7 @@ STAGES: tuple[Stage, ...] = (
         # corpus: the pretraining data, replayed beside the chats so the model keeps its language.
         consumes=(("data", "training_jsonl"), ("model", "checkpoint_hf"), ("corpus", "binidx")),
         optional=("corpus",),
+        required_if_set=("corpus",),
         produces="checkpoint_hf",
         artifact="nano3-sft-model",
         launcher="torchrun",

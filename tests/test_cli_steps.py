@@ -43,11 +43,12 @@ def test_list_produces_training_jsonl_as_in_the_seeds_docs() -> None:
 
 def test_list_consumes_and_category_filters() -> None:
     consumes = invoke("steps", "list", "--consumes", "binidx")
-    assert listed_ids(consumes.stdout) == {"pretrain/transformers", "pretrain/megatron_bridge", "eval/lm_eval", "eval/model_eval"}
+    assert listed_ids(consumes.stdout) == {"pretrain/transformers", "pretrain/megatron_bridge", "sft/trl", "eval/lm_eval",
+                                           "eval/model_eval"}
     category = invoke("steps", "list", "--category", "rl")
     assert listed_ids(category.stdout) == {"rl/trl_grpo", "rl/nemo_rl/rlvr"}
     both = invoke("steps", "list", "--consumes", "binidx", "--produces", "checkpoint_hf")
-    assert listed_ids(both.stdout) == {"pretrain/transformers"}
+    assert listed_ids(both.stdout) == {"pretrain/transformers", "sft/trl"}
     megatron = invoke("steps", "list", "--consumes", "checkpoint_megatron")
     assert listed_ids(megatron.stdout) == {"sft/megatron_bridge", "rl/nemo_rl/rlvr", "convert/megatron_to_hf"}
     none = invoke("steps", "list", "--consumes", "env_toml")

@@ -145,3 +145,27 @@ def test_a_run_is_resolved_once_and_handed_to_the_flow_once(isolated: Path, monk
     # Other options or stages never take another run's resolution.
     run_options.hand_over(options, stages, resolved)
     assert run_options.take_resolved(options, stages[:1]) is not resolved
+
+
+def test_an_optional_input_the_config_names_must_exist_where_going_without_it_changes_the_run(isolated: Path) -> None:
+    """SFT's replayed pretraining text may be left out of a config; named, it must be there, while
+    the eval's rungs and the model in service may name nothing yet."""
+    from tasks.artifacts import ArtifactError, ArtifactStore
+    from tasks.stage_task import resolve_inputs
+    from tests.test_models_cli import publish
+
+    store = ArtifactStore(str(isolated / "store"))
+    publish(store, "nano3-sft-data", 1, kind="training_jsonl")
+    publish(store, "nano3-pretrain-model", 1)
+    said: list[str] = []
+    sft = job({"executor": "local"}, stage="sft", config="tiny")
+    with pytest.raises(ArtifactError, match="nano3-pretrain-data"):
+        resolve_inputs(sft, store, {}, said.append)
+    without = job({"executor": "local"}, "run.corpus=null", "replay=null", stage="sft", config="tiny")
+    assert set(resolve_inputs(without, store, {}, said.append)) == {"data", "model"}
+    publish(store, "nano3-model-hf", 1)
+    publish(store, "nano3-pretrain-data", 1, kind="binidx")
+    evaluation = job({"executor": "local"}, stage="eval", config="tiny")
+    assert set(resolve_inputs(evaluation, store, {}, said.append)) == {"model", "baseline", "data", "corpus"}
+    assert [line.split(" (")[0] for line in said if "names nothing yet" in line] == [
+        "eval: input sft", "eval: input rl", "eval: input production"]

@@ -13,7 +13,11 @@ from typing import Any
 #: Where a training recipe keeps its loss curve, in the model folder it writes.
 HISTORY_FILE = "train_history.json"
 #: Bars of the ladder chart: (metric, axis label, which way is better).
-SCORES = (("exact_match", "held-out exact match (higher is better)"), ("bits_per_byte", "text bits per byte (lower is better)"))
+SCORES = (
+    ("exact_match", "reply is exactly the sum (higher is better)"),
+    ("exact_match_number", "sum right, any format (higher is better)"),
+    ("bits_per_byte", "text bits per byte (lower is better)"),
+)
 #: Besides `step` and `lr`, what a history entry may hold, and how the chart calls it.
 CURVES = {"loss": "training loss", "replay_loss": "replayed text loss", "reward": "mean reward"}
 
@@ -37,7 +41,7 @@ def _save(figure: Any, path: Path) -> Path:
 def draw_ladder(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """One bar per checkpoint for each score, in the rows' (training) order."""
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(SCORES), figsize=(5 * len(SCORES), 3.6), layout="constrained")
+    figure, axes = plt.subplots(1, len(SCORES), figsize=(4.2 * len(SCORES), 3.6), layout="constrained")
     labels = [str(row["checkpoint"]) for row in rows]
     for axis, (metric, title) in zip(axes, SCORES, strict=True):
         values = [row.get(metric) for row in rows]

@@ -246,10 +246,11 @@ def test_the_tiny_pipeline_runs_on_slurm_with_its_artifacts_on_s3(cluster, setti
         store.verify(version.name, version.uri, manifest)
         prefix = version.uri.removeprefix(store.root + "/")
         assert {f"{prefix}/{entry.path}" for entry in manifest.files} | {f"{prefix}/manifest.json"} <= set(objects)
-    # SFT consumed the pretrained model and the SFT data published on S3 by this run.
+    # SFT consumed the pretrained model, the SFT data and the pretraining data it replays, published on S3 by this run.
     sft = results[-1].artifact
     assert {i["name"]: i["digest"] for i in sft.inputs} == {
-        "nano3-sft-data": results[1].artifact.digest, "nano3-pretrain-model": results[2].artifact.digest}
+        "nano3-sft-data": results[1].artifact.digest, "nano3-pretrain-model": results[2].artifact.digest,
+        "nano3-pretrain-data": results[0].artifact.digest}
     assert any(path.endswith(".safetensors") for path in objects if path.startswith(sft.uri.removeprefix(store.root + "/")))
 
     assert_secret_nowhere(s3_server.secret_key, store, isolated, cluster)

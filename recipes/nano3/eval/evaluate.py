@@ -161,8 +161,8 @@ def ladder(ctx: runtime.RecipeContext, results: Mapping[str, dict[str, dict[str,
             row[metric] = next((values[metric] for values in tasks.values() if metric in values), None)
         rows.append(row)
     curves = {
-        LADDER[name]: json.loads(path.read_text())
-        for name in ("baseline", "sft", "rl")
+        stage: json.loads(path.read_text())
+        for name, stage in (("baseline", "pretrain"), ("sft", "sft"), ("rl", "rl"))
         if name in results and (path := ctx.input_path(name) / charts.HISTORY_FILE).is_file()
     }
     files = [charts.draw_ladder(rows, ctx.output_dir / "ladder.png")]
