@@ -52,7 +52,7 @@ class Ladder:
 
 def start(seed: int, overrides: list[str], root: Path) -> subprocess.Popen:
     folder = root / f"seed-{seed}"
-    folder.mkdir(parents=True)
+    (folder / "home").mkdir(parents=True)
     env = environment(folder)
     env["NANO3_SCRATCH"] = str(root / "scratch")  # the offline corpus is made once for all seeds
     log = (folder / "run.log").open("w")

@@ -163,7 +163,7 @@ def ladder(ctx: runtime.RecipeContext, results: Mapping[str, dict[str, dict[str,
     curves = {
         stage: json.loads(path.read_text())
         for name, stage in (("baseline", "pretrain"), ("sft", "sft"), ("rl", "rl"))
-        if name in results and (path := ctx.input_path(name) / charts.HISTORY_FILE).is_file()
+        if results.get(name) is not None and (path := ctx.input_path(name) / charts.HISTORY_FILE).is_file()
     }
     files = [charts.draw_ladder(rows, ctx.output_dir / "ladder.png")]
     if curves:
