@@ -1,7 +1,11 @@
 """What each stage adds, over seeds: the ladder pretrained → SFT → RL → export at the size CI runs.
 
     .venv/bin/python bench/ladder.py                     # seeds 1234 (CI's), 1, 2; one after the other
-    .venv/bin/python bench/ladder.py --seeds 1234 --size tiny --parallel 1
+    .venv/bin/python bench/ladder.py --seeds 1234 --size tiny
+    .venv/bin/python bench/ladder.py --seeds 1,2 --read 1234=<e2e store>@v1   # with the e2e's first run
+
+Seeds run one after the other by default: each recipe uses every core (torch threads), and three
+at once on 2 cores ran ≈ 10× slower than one.
 
 Each seed runs `python -m flows.nano3 <CI overrides> seed=<seed>` (every stage's seed) from a clean
 state in its own folder (HOME, store, NeMo-Run home, Prefect's temporary server), then reads the
@@ -34,7 +38,8 @@ SIZES = {"ci": CI_RUN, "tiny": []}
 @dataclass
 class Ladder:
     seed: int
-    wall_s: float
+    #: None for a run read from a store (--read) rather than run here.
+    wall_s: float | None
     perplexity_start: float
     perplexity: float
     #: checkpoint → {exact_match, exact_match_number, bits_per_byte, ...} from the eval's report.
@@ -60,10 +65,13 @@ def start(seed: int, overrides: list[str], root: Path) -> subprocess.Popen:
                             stdout=log, stderr=subprocess.STDOUT)
 
 
-def read(seed: int, root: Path, wall: float) -> Ladder:
-    store = ArtifactStore(str(root / f"seed-{seed}" / "store"))
-    pretrained = store.resolve("nano3-pretrain-model:latest").metrics
-    report = store.resolve("nano3-eval:latest").report
+def read(seed: int, store_root: Path, wall: float | None, version: str = "latest") -> Ladder:
+    """The ladder of a finished run's store (`version`: the eval version of the run to read)."""
+    store = ArtifactStore(str(store_root))
+    evaluation = store.resolve(f"nano3-eval:{version}")
+    pretrained = store.resolve(next(i["name"] + ":" + i["version"] for i in evaluation.inputs
+                                    if i["name"] == "nano3-pretrain-model")).metrics
+    report = evaluation.report
     assert report is not None, "the eval published no report"
     rows = {row["checkpoint"]: row for row in report.rows}
     return Ladder(seed, wall, pretrained["valid_perplexity_start"], pretrained["valid_perplexity"], rows)
@@ -84,7 +92,7 @@ def run(seeds: list[int], overrides: list[str], root: Path, parallel: int) -> li
             if proc.returncode != 0:
                 log = root / f"seed-{seed}" / "run.log"
                 raise SystemExit(f"seed {seed} failed ({proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
-            done.append(read(seed, root, time.perf_counter() - started))
+            done.append(read(seed, root / f"seed-{seed}" / "store", time.perf_counter() - started))
             print(f"seed {seed}: {done[-1].gains()}", flush=True)
         time.sleep(2)
     return sorted(done, key=lambda ladder: seeds.index(ladder.seed))
@@ -97,7 +105,8 @@ def markdown(ladders: list[Ladder], parallel: int) -> str:
     for ladder in ladders:
         cells = [f"{ladder.rows[c]['exact_match']:.3f} / {ladder.rows[c]['exact_match_number']:.3f} / "
                  f"{ladder.rows[c]['bits_per_byte']:.3f}" for c in columns]
-        lines.append(f"| {ladder.seed} | {ladder.wall_s:.0f} | {ladder.perplexity_start:.0f} → {ladder.perplexity:.1f} | "
+        wall = "–" if ladder.wall_s is None else f"{ladder.wall_s:.0f}"
+        lines.append(f"| {ladder.seed} | {wall} | {ladder.perplexity_start:.0f} → {ladder.perplexity:.1f} | "
                      + " | ".join(cells) + " |")
     lines += ["", "| gain | " + " | ".join(f"seed {ladder.seed}" for ladder in ladders) + " | smallest |",
               "|---" * (len(ladders) + 2) + "|"]
@@ -115,9 +124,18 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="ci")
     parser.add_argument("--parallel", type=int, default=1, help="seeds run at once (wall times grow with it)")
     parser.add_argument("--root", type=Path, default=None, help="where the runs' folders go (default: a temp dir)")
+    parser.add_argument("--read", action="append", default=[], metavar="SEED=STORE[@VERSION]",
+                        help="also report a run made elsewhere with the same overrides (the e2e test's first run: "
+                             "its store, eval version v1)")
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="nano3-ladder-"))
-    ladders = run([int(s) for s in args.seeds.split(",")], SIZES[args.size], root, max(1, args.parallel))
+    read_elsewhere = []
+    for item in args.read:
+        seed, _, where = item.partition("=")
+        store, _, version = where.partition("@")
+        read_elsewhere.append(read(int(seed), Path(store), None, version or "latest"))
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    ladders = read_elsewhere + (run(seeds, SIZES[args.size], root, max(1, args.parallel)) if seeds else [])
     print(markdown(ladders, max(1, args.parallel)))
 
 
