@@ -72,8 +72,11 @@ def print_plan(options: RunOptions, stages: list[Stage]) -> None:
         from tasks import data_sources
         from tasks.artifacts import open_store
         from tasks.gate import gate_config
+        from tasks.nemo_run_for_planning import import_nemo_run_for_planning
         from tasks.submission import plan_submission, render_plan
 
+        # Only the executors these plans render: NeMo-Run's others are seconds of imports.
+        import_nemo_run_for_planning(job.profile.executor for job in jobs)
         # The store and [wandb] add secret env vars to every job: the plan names them, as sent.
         store = open_store(context.artifacts)
         for job in jobs:

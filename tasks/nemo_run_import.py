@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
 from typing import Any
 
 from tasks.lean_imports import without
+
+#: Set on the `nemo_run` module by tasks.nemo_run_for_planning: the executor kinds a dry-run
+#: process imported it for. Such a process has stand-ins for the other executors.
+PLANNING_ONLY = "__nano3_planning_only__"
 
 
 def import_nemo_run() -> Any:
@@ -21,13 +27,24 @@ def import_nemo_run() -> Any:
     job ran took the console's handler with it: the console showed the job lines of 4 of its 8
     stages (Prefect's API handler still had them all). Here logging is Prefect's.
     """
+    planned = getattr(sys.modules.get("nemo_run"), PLANNING_ONLY, ())
+    if planned:
+        raise RuntimeError(
+            f"this process imported NeMo-Run to plan {', '.join(planned)} jobs only (a dry-run); "
+            "submitting or following a job needs all of it"
+        )
     with without():
         import nemo_run
     from nemo_run.run import experiment
 
+    leave_experiment_logging_alone(experiment)
+    return nemo_run
+
+
+def leave_experiment_logging_alone(experiment: ModuleType) -> None:
+    """NeMo-Run's experiment module configures no logging of this process (see import_nemo_run)."""
     experiment.configure_logging = _leave_logging_alone
     experiment.deconfigure_logging = _leave_logging_alone
-    return nemo_run
 
 
 def _leave_logging_alone(*args: Any, **kwargs: Any) -> None:

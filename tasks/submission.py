@@ -166,9 +166,9 @@ def plan_submission(
     Given the run's store and [wandb], the plan names the secret env vars they add to the job
     (the store's credentials, the W&B key), as a submission sends them; never their values.
     """
-    from tasks.nemo_run_import import import_nemo_run
+    from tasks.nemo_run_for_planning import nemo_run_for_plan
 
-    run = import_nemo_run()
+    run = nemo_run_for_plan(job.profile.executor)
 
     target = job_target(job, store=store, wandb=wandb, detached=detached, reveal_secrets=False)
     executor = build_executor(target)
