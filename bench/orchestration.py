@@ -3,6 +3,11 @@
     .venv/bin/python bench/orchestration.py                 # 3 repetitions, CI-sized run
     .venv/bin/python bench/orchestration.py --size micro    # a few steps per stage: fixed costs weigh most
     .venv/bin/python bench/orchestration.py --size tiny     # the full laptop run (≈ 11 min each)
+    .venv/bin/python bench/orchestration.py --size micro --reruns ROOT --against ../before   # P3 only
+
+`--reruns ROOT` times only the reruns (steps 2 and 3), `--runs` times each, on the finished run
+under ROOT (a folder kept with `--keep`), interleaved with `python -c pass` and, with `--against`,
+with the same reruns of another checkout (the code before a change): a before/after in one loop.
 
 One repetition, in a fresh folder (own HOME, store, NeMo-Run home, Prefect home):
 1. `python -m flows.nano3 <size>` from a clean state, as the README runs it (no Prefect server
@@ -251,13 +256,60 @@ def report(reps: list[Repetition], size: str) -> str:
     return "\n".join(lines)
 
 
+def rerun_rounds(root: Path, size: list[str], checkouts: dict[str, Path], runs: int) -> str:
+    """P3 only: each checkout's reruns, interleaved, on the finished run under `root`."""
+    env = environment(root)
+    command = [sys.executable, "-m", "flows.nano3", *size]
+    before = submissions(root)
+    times: dict[tuple[str, str], list[Timing]] = {}
+    baselines = []
+    with prefect_server(root / "home" / ".prefect") as api_url:
+        servers = {"temporary server": env, "running server": dict(env, PREFECT_API_URL=api_url)}
+        for i, checkout in enumerate(checkouts.values()):  # warm-up: bytecode, page cache
+            rerun(command, root, dict(env, PYTHONPATH=str(checkout)), f"warm-{i}")
+        for n in range(runs):
+            baselines.append(python_baseline(env, root / "home"))
+            for i, (name, checkout) in enumerate(checkouts.items()):
+                for server, server_env in servers.items():
+                    log = f"rerun-{i}-{n}-{server.split()[0]}"
+                    timing = rerun(command, root, dict(server_env, PYTHONPATH=str(checkout)), log)
+                    times.setdefault((name, server), []).append(timing)
+    baseline = statistics.median(baselines)
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{runs} repetitions, interleaved; load average at the end {os.getloadavg()[0]:.1f}; "
+        f"`python -c pass` {spread(baselines, 3)} s (min / median / max of the medians of 5).",
+        "",
+        "| code | Prefect server | wall (s): min / median / max | CPU (s) | median / `python -c pass` | goal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (name, server), samples in times.items():
+        walls = [t.wall for t in samples]
+        lines.append(f"| {name} | {server} | {spread(walls)} | {spread([t.cpu for t in samples])} | "
+                     f"{statistics.median(walls) / baseline:.0f}× | ≤ 5 s, ≤ 300× |")
+    lines.append(f"\nsubmissions made by the reruns: {len(submissions(root) - before)}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="repetitions (at least 3 for the record)")
     parser.add_argument("--size", choices=sorted(SIZES), default="ci")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folders")
+    parser.add_argument("--reruns", type=Path, metavar="ROOT", help="time only the reruns of the finished run under ROOT")
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT", help="with --reruns: also another checkout's reruns")
     args = parser.parse_args()
+    if args.against is not None and args.reruns is None:
+        parser.error("--against compares reruns: give --reruns ROOT")
     compile_bytecode()
+    if args.reruns is not None:
+        if not (args.reruns / "store" / "_runs").is_dir():
+            parser.error(f"--reruns {args.reruns}: no finished run there (no store/_runs); keep one with --keep")
+        checkouts = {"this checkout": PROJECT}
+        if args.against is not None:
+            checkouts[f"{args.against.resolve().name}"] = args.against.resolve()
+        print(rerun_rounds(args.reruns, SIZES[args.size], checkouts, args.runs))
+        return
     reps = []
     for n in range(args.runs):
         root = Path(tempfile.mkdtemp(prefix=f"nano3-bench-{n}-"))
