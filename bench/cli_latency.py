@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/cli_latency.py               # 7 runs of each command
     .venv/bin/python bench/cli_latency.py --runs 11 --breakdown
+    .venv/bin/python bench/cli_latency.py --against ../other-checkout   # its dry-run too, same loop
 
 Each command runs in a scratch folder with a Slurm profile in its env.toml and its own HOME (no
 Prefect database, no NeMo-Run state), after one unmeasured warm-up call. `python -c pass`, timed
@@ -38,18 +39,25 @@ COMMANDS = {
     "nemotron nano3 pretrain -c tiny -r bench-slurm -d": ["nano3", "pretrain", "-c", "tiny", "-r", "bench-slurm", "-d"],
 }
 #: Imports whose cumulative time the breakdown reports (python -X importtime).
-BREAKDOWN = ("typer", "pydantic", "omegaconf", "flows.run_options", "prefect", "nemo_run", "leptonai", "torch", "chardet",
+BREAKDOWN = ("typer", "pydantic", "omegaconf", "flows.run_options", "prefect", "nemo_run", "nemo_run.run.experiment",
+             "fiddle", "networkx", "leptonai", "torch", "chardet",
              "charset_normalizer")
+#: The breakdown's row for NeMo-Run's own modules (self time, summed; their imports not counted).
+NEMO_RUN_OWN = "nemo_run.* (own modules, self time summed)"
+
+
+DRY_RUN = "nemotron nano3 pretrain -c tiny -r bench-slurm -d"
 
 
 def command_line(args: list[str]) -> list[str]:
     if args[:1] == ["-c"]:
         return [sys.executable, *args]
-    entry = Path(sys.executable).with_name("nemotron")
-    return [str(entry), *args] if entry.exists() else [sys.executable, "-m", "flows.cli", *args]
+    return [sys.executable, "-m", "flows.cli", *args]
 
 
-def time_once(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
+def time_once(argv: list[str], cwd: Path, env: dict[str, str], project: Path = PROJECT) -> float:
+    """Wall seconds of one call, with `project` (this checkout or the one compared) on PYTHONPATH."""
+    env = dict(env, PYTHONPATH=str(project))
     started = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - started
@@ -60,16 +68,18 @@ def time_once(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 def import_breakdown(cwd: Path, env: dict[str, str]) -> dict[str, float]:
     """Cumulative import time (s) of the modules in BREAKDOWN, for one dry-run."""
-    argv = [sys.executable, "-X", "importtime", "-m", "flows.cli", *COMMANDS["nemotron nano3 pretrain -c tiny -r bench-slurm -d"]]
+    argv = [sys.executable, "-X", "importtime", "-m", "flows.cli", *COMMANDS[DRY_RUN]]
     proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     found: dict[str, float] = {}
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
-        _, cumulative, name = line.split("|")
+        own, cumulative, name = line.split("|")
         name = name.strip()
         if name in BREAKDOWN and name not in found:
             found[name] = int(cumulative) / 1e6
+        if name.startswith("nemo_run."):  # a dry-run builds the package itself (tasks/nemo_run_for_planning.py)
+            found[NEMO_RUN_OWN] = found.get(NEMO_RUN_OWN, 0.0) + int(own.removeprefix("import time:")) / 1e6
     return found
 
 
@@ -77,9 +87,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7, help="measured runs per command (at least 5)")
     parser.add_argument("--breakdown", action="store_true", help="also report the dry-run's largest imports")
+    parser.add_argument("--against", type=Path, help="another checkout (the code before a change): its dry-run is timed in the same loop")
     args = parser.parse_args()
     if args.runs < 5:
         parser.error("--runs must be at least 5")
+    if args.against is not None and not (args.against / "flows" / "cli.py").is_file():
+        parser.error(f"--against {args.against}: not a checkout of this project (no flows/cli.py)")
+    # (name, arguments, checkout): this checkout's commands, then the compared checkout's dry-run.
+    commands = [(name, argv, PROJECT) for name, argv in COMMANDS.items()]
+    if args.against is not None:
+        commands.append((f"{DRY_RUN} ({args.against.resolve().name})", COMMANDS[DRY_RUN], args.against.resolve()))
 
     scratch = Path(tempfile.mkdtemp(prefix="nano3-bench-"))
     try:
@@ -87,16 +104,16 @@ def main() -> None:
         (scratch / "work").mkdir()
         (scratch / "work" / "env.toml").write_text(PROFILE)
         env = {k: v for k, v in os.environ.items() if k not in ("NEMOTRON_ENV_FILE", "PREFECT_API_URL")}
-        env.update(HOME=str(scratch / "home"), PREFECT_HOME=str(scratch / "home" / ".prefect"), PYTHONPATH=str(PROJECT))
+        env.update(HOME=str(scratch / "home"), PREFECT_HOME=str(scratch / "home" / ".prefect"))
         cwd = scratch / "work"
-        times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-        for name, argv in COMMANDS.items():
-            time_once(command_line(argv), cwd, env)  # warm-up: .pyc files, page cache
+        times: dict[str, list[float]] = {name: [] for name, _, _ in commands}
+        for name, argv, project in commands:
+            time_once(command_line(argv), cwd, env, project)  # warm-up: .pyc files, page cache
         # Interleaved, so a change in the machine's load hits every command alike.
         for _ in range(args.runs):
-            for name, argv in COMMANDS.items():
-                times[name].append(time_once(command_line(argv), cwd, env))
-        breakdown = import_breakdown(cwd, env) if args.breakdown else {}
+            for name, argv, project in commands:
+                times[name].append(time_once(command_line(argv), cwd, env, project))
+        breakdown = import_breakdown(cwd, dict(env, PYTHONPATH=str(PROJECT))) if args.breakdown else {}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -114,7 +131,7 @@ def main() -> None:
         print("\nDry-run imports (cumulative, one run, `python -X importtime`):\n")
         print("| module | seconds |")
         print("|---|---|")
-        for name in BREAKDOWN:
+        for name in (*BREAKDOWN, NEMO_RUN_OWN):
             if name not in breakdown:
                 shown = "not imported"
             elif breakdown[name] < 0.001:
