@@ -76,17 +76,23 @@ def test_a_dry_run_of_a_profile_in_env_toml_does_not_import_prefect(isolated: Pa
         assert "prefect" not in loaded(args, isolated), args
 
 
-def test_keeping_them_out_changes_nothing_in_the_plan(isolated: Path) -> None:
-    """The same dry-run in a process that imported torch first (so nothing is kept out)."""
-    write_env(isolated, '[cluster]\nexecutor = "slurm"\naccount = "a"\npartition = "p"\ngpus_per_node = 8\n')
-    args = ["nano3", "pipe", "-r", "cluster", "-d", "--stages", "pretrain,sft,eval"]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(isolated), "PYTHONPATH": str(PROJECT)}
+def plans_after(preludes: tuple[str, ...], args: list[str], isolated: Path, extra_env: dict[str, str] | None = None) -> list[str]:
+    """The command line's output in one fresh process per prelude (code run before it), run ids masked."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(isolated), "PYTHONPATH": str(PROJECT), **(extra_env or {})}
     plans = []
-    for prelude in ("", "import torch, chardet; "):
+    for prelude in preludes:
         code = f"{prelude}import sys; from flows.cli import app; app(sys.argv[1:], prog_name='nemotron')"
         proc = subprocess.run([sys.executable, "-c", code, *args], cwd=isolated, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         plans.append(re.sub(r"--rdzv-id \d+", "--rdzv-id <id>", proc.stdout))
+    return plans
+
+
+def test_keeping_them_out_changes_nothing_in_the_plan(isolated: Path) -> None:
+    """The same dry-run in a process that imported torch first (so nothing is kept out)."""
+    write_env(isolated, '[cluster]\nexecutor = "slurm"\naccount = "a"\npartition = "p"\ngpus_per_node = 8\n')
+    args = ["nano3", "pipe", "-r", "cluster", "-d", "--stages", "pretrain,sft,eval"]
+    plans = plans_after(("", "import torch, chardet; "), args, isolated)
     assert plans[0].count("=== ") == 3 and "torchrun" in plans[0]
     assert plans[0] == plans[1]
 
@@ -119,13 +125,8 @@ def test_the_plan_is_the_one_nemo_runs_full_import_gives(isolated: Path, profile
 
     write_env(isolated, ENV)
     args = ["nano3", "pipe", "-r", profile, "-d", "--stages", "pretrain,sft,eval"]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(isolated), "PYTHONPATH": str(PROJECT), **PROCESS_ENV}
-    plans = []
-    for prelude in ("", "from tasks.nemo_run_import import import_nemo_run; import_nemo_run(); "):
-        code = f"{prelude}import sys; from flows.cli import app; app(sys.argv[1:], prog_name='nemotron')"
-        proc = subprocess.run([sys.executable, "-c", code, *args], cwd=isolated, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        plans.append(re.sub(r"--rdzv-id \d+", "--rdzv-id <id>", proc.stdout))
+    plans = plans_after(("", "from tasks.nemo_run_import import import_nemo_run; import_nemo_run(); "), args, isolated,
+                        PROCESS_ENV)
     assert plans[0].count("=== ") == 3 and "--- submission" in plans[0]
     assert plans[0] == plans[1]
 
