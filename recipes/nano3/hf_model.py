@@ -217,6 +217,11 @@ class Mixture:
 
     parts: Mapping[str, Batch]
 
+    @classmethod
+    def of(cls, batch: Batch | Mixture) -> Mixture:
+        """A plain batch is a mixture of one part, `loss`."""
+        return batch if isinstance(batch, Mixture) else cls({"loss": batch})
+
 
 @dataclass(frozen=True)
 class TrainingResult:
@@ -248,9 +253,8 @@ def run_training(
     state.model.train()
     while state.step < total:
         started = time.perf_counter()
-        batch = next_batch()
-        parts = batch.parts if isinstance(batch, Mixture) else {"loss": batch}
-        parts = {name: {k: v.to(placement.device) for k, v in part.items()} for name, part in parts.items()}
+        parts = {name: {k: v.to(placement.device) for k, v in part.items()}
+                 for name, part in Mixture.of(next_batch()).parts.items()}
         recent = [*recent[-9:], train_step(state, Mixture(parts), placement, clip_grad)]
         seconds += time.perf_counter() - started
         tokens += sum(
@@ -279,9 +283,8 @@ def run_training(
 def train_step(state: TrainingState, batch: Batch | Mixture, placement: Placement, clip_grad: float) -> dict[str, float]:
     """One optimizer step on a batch (or a mixture of them) with `labels` (-100 where no loss is
     wanted); returns each part's loss."""
-    parts = batch.parts if isinstance(batch, Mixture) else {"loss": batch}
     with placement.autocast():
-        losses = {name: state.model(**part).loss for name, part in parts.items()}
+        losses = {name: state.model(**part).loss for name, part in Mixture.of(batch).parts.items()}
     state.optimizer.zero_grad(set_to_none=True)
     sum(losses.values()).backward()
     torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip_grad)
@@ -354,8 +357,7 @@ def exact_match(
     answers: Sequence[str],
     **generation: int,
 ) -> float:
-    replies = greedy_answers(model, tokenizer, prompts, **generation)
-    return sum(r == a.strip() for r, a in zip(replies, answers, strict=True)) / max(1, len(answers))
+    return answer_scores(model, tokenizer, prompts, answers, **generation)["exact_match"]
 
 
 def answer_scores(

@@ -18,6 +18,17 @@ import numpy as np
 DATA_FILES = ("blend.json", "tokenizer/tokenizer_config.json")
 
 
+def check_artifact(ctx: Any, name: str) -> Path:
+    """Input `name`'s folder, a nano3-pretrain-data artifact; one error naming what is missing."""
+    data = ctx.input_path(name)
+    if not data.is_dir():
+        raise SystemExit(f"error: input '{name}' at {data} does not exist")
+    missing = [file for file in DATA_FILES if not (data / file).is_file()]
+    if missing:
+        raise SystemExit(f"error: input '{name}' at {data} has no {missing[0]}: expected a binidx artifact")
+    return data
+
+
 def read_blend(data: Path, split: str) -> list[tuple[float, Path]]:
     """blend.json's Megatron-style [weight, prefix, weight, prefix, ...] for one split."""
     entries = json.loads((data / "blend.json").read_text())[split]
@@ -74,6 +85,11 @@ def valid_windows(streams: list[TokenStream], seq_length: int, count: int) -> np
     if not rows:
         raise SystemExit(f"error: the validation split has fewer than seq_length ({seq_length}) tokens")
     return np.stack(rows)
+
+
+def held_out(data: Path, seq_length: int, count: int) -> np.ndarray:
+    """`count` held-out windows of the artifact's validation split, the same at every evaluation."""
+    return valid_windows([TokenStream(prefix) for _, prefix in read_blend(data, "validation")], seq_length, count)
 
 
 def held_out_loss(model: Any, windows: np.ndarray, batch_size: int, placement: Any) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from recipes.nano3 import runtime
-from recipes.nano3.text_windows import DATA_FILES, TokenStream, held_out_loss, read_blend, train_sampler, valid_windows
+from recipes.nano3.text_windows import check_artifact, held_out, held_out_loss, train_sampler
 
 
 def check_inputs(ctx: runtime.RecipeContext) -> None:
@@ -34,12 +34,7 @@ def check_inputs(ctx: runtime.RecipeContext) -> None:
         raise SystemExit("error: the hf backend trains in one process: launch it with nproc_per_node=1")
     if "model" not in ctx.config:
         raise SystemExit(f"error: {ctx.config_path} has no model: block (the NemotronHConfig fields to train)")
-    data = ctx.input_path("data")
-    if not data.is_dir():
-        raise SystemExit(f"error: input 'data' at {data} does not exist")
-    missing = [name for name in DATA_FILES if not (data / name).is_file()]
-    if missing:
-        raise SystemExit(f"error: input 'data' at {data} has no {missing[0]}: expected a binidx artifact")
+    check_artifact(ctx, "data")
 
 
 def warm_start(ctx: runtime.RecipeContext, tokenizer: Any, placement: Any) -> Any:
@@ -72,9 +67,7 @@ def main() -> None:
     tokenizer = hf_model.load_tokenizer(data / "tokenizer")
     seq_length, batch_size = int(train.seq_length), int(train.micro_batch_size)
     sampler = train_sampler(data, seq_length)
-    valid = valid_windows(
-        [TokenStream(p) for _, p in read_blend(data, "validation")], seq_length, int(train.eval_iters) * batch_size
-    )
+    valid = held_out(data, seq_length, int(train.eval_iters) * batch_size)
 
     if "init_from" in ctx.inputs:
         model = warm_start(ctx, tokenizer, placement)

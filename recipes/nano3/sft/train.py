@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,30 +91,44 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dic
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def replay_sampler(ctx: runtime.RecipeContext, tokenizer: Any) -> tuple[Any, Any] | None:
-    """Training windows and held-out windows of the pretraining text, if `replay` asks for them."""
-    from recipes.nano3 import hf_model
-    from recipes.nano3.text_windows import DATA_FILES, TokenStream, read_blend, train_sampler, valid_windows
+@dataclass(frozen=True)
+class Replay:
+    """Pretraining text SFT trains on beside the chats, and the held-out windows it is scored on."""
+
+    sampler: Any  # recipes.nano3.text_windows.WindowSampler
+    held_out: Any  # numpy array of windows
+    micro_batch_size: int
+
+
+def replay_corpus(ctx: runtime.RecipeContext) -> Path | None:
+    """The folder of input `corpus` when `replay` asks for it; checked before the slow imports."""
+    from recipes.nano3.text_windows import check_artifact
 
     replay = ctx.config.get("replay")
     if not replay or not int(replay.get("micro_batch_size", 0)):
         return None
     if "corpus" not in ctx.inputs:
         raise SystemExit(f"error: {ctx.config_path}: replay is set but run.corpus names no pretraining data to replay")
-    corpus = ctx.input_path("corpus")
-    missing = [name for name in DATA_FILES if not (corpus / name).is_file()]
-    if missing:
-        raise SystemExit(f"error: input 'corpus' at {corpus} has no {missing[0]}: expected a binidx artifact")
+    return check_artifact(ctx, "corpus")
+
+
+def load_replay(ctx: runtime.RecipeContext, corpus: Path, tokenizer: Any) -> Replay:
+    from recipes.nano3 import hf_model
+    from recipes.nano3.text_windows import held_out, train_sampler
+
     if hf_model.load_tokenizer(corpus / "tokenizer").get_vocab() != tokenizer.get_vocab():
-        raise SystemExit("error: input 'corpus' was encoded with another tokenizer than input 'model': replay needs the model's own pretraining data")
+        raise SystemExit("error: input 'corpus' was encoded with another tokenizer than input 'model': "
+                         "replay needs the model's own pretraining data")
+    replay = ctx.config.replay
     seq_length = int(replay.seq_length)
-    valid = valid_windows([TokenStream(p) for _, p in read_blend(corpus, "validation")], seq_length, int(replay.get("eval_windows", 16)))
-    return train_sampler(corpus, seq_length), valid
+    return Replay(train_sampler(corpus, seq_length), held_out(corpus, seq_length, int(replay.get("eval_windows", 16))),
+                  int(replay.micro_batch_size))
 
 
 def main() -> None:
     ctx = runtime.start()
     check_inputs(ctx)
+    corpus = replay_corpus(ctx)
 
     import numpy as np
     import torch
@@ -131,7 +146,7 @@ def main() -> None:
     prompts, answers = [messages[:-1] for messages in valid], [messages[-1]["content"] for messages in valid]
     print(f"{len(examples)} training conversations, {len(valid)} held-out problems", flush=True)
 
-    replay = replay_sampler(ctx, tokenizer)
+    replay = None if corpus is None else load_replay(ctx, corpus, tokenizer)
     optimizer, scheduler = hf_model.make_optimizer(model, train)
     state = hf_model.TrainingState(model, optimizer, scheduler, np.random.default_rng(ctx.seed))
     batch_size = min(int(train.micro_batch_size), len(examples))
@@ -141,7 +156,7 @@ def main() -> None:
             return None
         from recipes.nano3.text_windows import held_out_loss
 
-        return round(held_out_loss(model, replay[1], batch_size, placement), 4)
+        return round(held_out_loss(model, replay.held_out, batch_size, placement), 4)
 
     def evaluate() -> dict[str, float]:
         scores = hf_model.answer_scores(model, tokenizer, prompts, answers)
@@ -154,7 +169,7 @@ def main() -> None:
         chats = collate([examples[i] for i in picks], tokenizer.pad_token_id)
         if replay is None:
             return chats
-        text = torch.from_numpy(replay[0].batch(state.sampler, int(ctx.config.replay.micro_batch_size)))
+        text = torch.from_numpy(replay.sampler.batch(state.sampler, replay.micro_batch_size))
         return hf_model.Mixture({"loss": chats, "replay_loss": {"input_ids": text, "labels": text}})
 
     if not hf_model.resume(ctx.work_dir, state):
