@@ -89,6 +89,17 @@ class RecipeContext:
             raise SystemExit(f"error: config has no input '{name}' (run.inputs.{name}); inputs: {sorted(self.inputs)}")
         return self.local_inputs.get(name) or Path(self.inputs[name].path)
 
+    def checked_input(self, name: str, files: tuple[str, ...], kind: str) -> Path:
+        """Input `name`'s folder, holding `files` (what a `kind` artifact has that the recipe reads):
+        one error naming the input and the first thing missing, before any slow import."""
+        folder = self.input_path(name)
+        if not folder.is_dir():
+            raise SystemExit(f"error: input '{name}' at {folder} does not exist")
+        missing = [file for file in files if not (folder / file).is_file()]
+        if missing:
+            raise SystemExit(f"error: input '{name}' at {folder} has no {missing[0]}: expected a {kind} artifact")
+        return folder
+
 
 def start(argv: list[str] | None = None) -> RecipeContext:
     """Parse `--config`, make the folders, seed every RNG, and return what the recipe needs."""

@@ -20,13 +20,7 @@ DATA_FILES = ("blend.json", "tokenizer/tokenizer_config.json")
 
 def check_artifact(ctx: Any, name: str) -> Path:
     """Input `name`'s folder, a nano3-pretrain-data artifact; one error naming what is missing."""
-    data = ctx.input_path(name)
-    if not data.is_dir():
-        raise SystemExit(f"error: input '{name}' at {data} does not exist")
-    missing = [file for file in DATA_FILES if not (data / file).is_file()]
-    if missing:
-        raise SystemExit(f"error: input '{name}' at {data} has no {missing[0]}: expected a binidx artifact")
-    return data
+    return ctx.checked_input(name, DATA_FILES, "binidx")
 
 
 def read_blend(data: Path, split: str) -> list[tuple[float, Path]]:

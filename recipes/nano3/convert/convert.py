@@ -39,12 +39,7 @@ def check_inputs(ctx: runtime.RecipeContext) -> None:
         raise SystemExit(f"error: this script is the hf backend; run.backend is {backend!r}")
     if str(ctx.config.dtype) not in DTYPES:
         raise SystemExit(f"error: dtype {ctx.config.dtype!r} is not one of {list(DTYPES)}")
-    folder = ctx.input_path("model")
-    if not folder.is_dir():
-        raise SystemExit(f"error: input 'model' at {folder} does not exist")
-    missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
-    if missing:
-        raise SystemExit(f"error: input 'model' at {folder} has no {missing[0]}: expected a checkpoint_hf artifact")
+    ctx.checked_input("model", MODEL_FILES, "checkpoint_hf")
 
 
 def check_prompts(vocab_size: int, special_ids: list[int], count: int, length: int, seed: int) -> Any:

@@ -53,12 +53,7 @@ def models_to_evaluate(ctx: runtime.RecipeContext) -> list[str]:
     if "production" in ctx.inputs:
         names.append("production")
     for name in names:
-        folder = ctx.input_path(name)
-        if not folder.is_dir():
-            raise SystemExit(f"error: input '{name}' at {folder} does not exist")
-        missing = [f for f in MODEL_FILES if not (folder / f).is_file()]
-        if missing:
-            raise SystemExit(f"error: input '{name}' at {folder} has no {missing[0]}: expected a checkpoint_hf artifact")
+        ctx.checked_input(name, MODEL_FILES, "checkpoint_hf")
     return names
 
 

@@ -33,13 +33,8 @@ def check_inputs(ctx: runtime.RecipeContext) -> None:
     backend = ctx.config.run.get("backend", "hf")
     if backend != "hf":
         raise SystemExit(f"error: this script is the hf backend; run.backend is {backend!r}")
-    for name, files, kind in (("model", MODEL_FILES, "checkpoint_hf"), ("data", DATA_FILES, "training_jsonl")):
-        folder = ctx.input_path(name)
-        if not folder.is_dir():
-            raise SystemExit(f"error: input '{name}' at {folder} does not exist")
-        missing = [f for f in files if not (folder / f).is_file()]
-        if missing:
-            raise SystemExit(f"error: input '{name}' at {folder} has no {missing[0]}: expected a {kind} artifact")
+    ctx.checked_input("model", MODEL_FILES, "checkpoint_hf")
+    ctx.checked_input("data", DATA_FILES, "training_jsonl")
 
 
 def read_problems(path: Path) -> list[dict[str, Any]]:

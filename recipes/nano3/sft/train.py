@@ -41,12 +41,7 @@ def check_inputs(ctx: runtime.RecipeContext) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SystemExit("error: the hf backend trains in one process: launch it with nproc_per_node=1")
     for name, (files, kind) in REQUIRED.items():
-        folder = ctx.input_path(name)
-        if not folder.is_dir():
-            raise SystemExit(f"error: input '{name}' at {folder} does not exist")
-        missing = [file for file in files if not (folder / file).is_file()]
-        if missing:
-            raise SystemExit(f"error: input '{name}' at {folder} has no {missing[0]}: expected a {kind} artifact")
+        ctx.checked_input(name, files, kind)
 
 
 def mask_prompt(prompt_ids: Sequence[int], full_ids: Sequence[int]) -> list[int]:
