@@ -122,6 +122,11 @@ def evaluate(model_dir: Path, tasks: list[str], task_manager: Any, ctx: runtime.
     return {task: metric_values(values) for task, values in output["results"].items()}
 
 
+def headline(tasks: Mapping[str, Mapping[str, float]]) -> dict[str, float | None]:
+    """One model's headline metrics, each from the first task that has it."""
+    return {metric: next((values[metric] for values in tasks.values() if metric in values), None) for metric in HEADLINE}
+
+
 def headline_metrics(results: dict[str, dict[str, dict[str, float]] | None]) -> dict[str, float]:
     """Each headline metric for every evaluated model, and how far the model moved exact match.
 
@@ -132,10 +137,7 @@ def headline_metrics(results: dict[str, dict[str, dict[str, float]] | None]) -> 
         if tasks is None:
             continue
         prefix = "" if side == "model" else f"{side}_"
-        for metric in HEADLINE:
-            value = next((values[metric] for values in tasks.values() if metric in values), None)
-            if value is not None:
-                metrics[prefix + metric] = value
+        metrics.update({prefix + metric: value for metric, value in headline(tasks).items() if value is not None})
     if "exact_match" in metrics and "baseline_exact_match" in metrics:
         metrics["improvement_exact_match"] = round(metrics["exact_match"] - metrics["baseline_exact_match"], 6)
     return metrics
@@ -151,10 +153,7 @@ def ladder(ctx: runtime.RecipeContext, results: Mapping[str, dict[str, dict[str,
         if tasks is None:
             continue
         ref = ctx.inputs[name]
-        row: dict[str, Any] = {"checkpoint": label, "artifact": f"{ref.name}:{ref.version}"}
-        for metric in HEADLINE:
-            row[metric] = next((values[metric] for values in tasks.values() if metric in values), None)
-        rows.append(row)
+        rows.append({"checkpoint": label, "artifact": f"{ref.name}:{ref.version}", **headline(tasks)})
     curves = {
         stage: json.loads(path.read_text())
         for name, stage in (("baseline", "pretrain"), ("sft", "sft"), ("rl", "rl"))
