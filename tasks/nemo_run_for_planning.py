@@ -10,6 +10,10 @@ renders one or a few executor kinds, known before NeMo-Run is imported, so:
 - every other executor module NeMo-Run's experiment imports is a stand-in whose classes nothing
   is an instance of; using one (building, reading an attribute) raises `NotImportedForPlanning`.
 
+- networkx, which NeMo-Run's experiment calls only to order the jobs of a multi-job experiment,
+  is deferred (`importlib.util.LazyLoader`: executed on its first attribute access, so a plan
+  that does need it still gets it).
+
 NeMo-Run's own code renders the plan, byte for byte as with its full import
 (tests/test_cli_imports.py compares both for every executor kind that plans here). Only a
 dry-run process asks for this (flows.nano3.print_plan); anything else imports NeMo-Run whole
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 from collections.abc import Iterable
@@ -46,6 +52,8 @@ RENDERED_BY: dict[str, tuple[str, ...]] = {
 }
 #: Packages whose `__init__` imports every executor: their names are resolved on first use.
 LAZY_PACKAGES = ("nemo_run", EXECUTION)
+#: Modules of NeMo-Run's import chain that rendering a plan does not call: executed on first use.
+DEFERRED = ("networkx",)
 
 
 class NotImportedForPlanning(AttributeError):
@@ -127,6 +135,19 @@ def _lazy_package(name: str) -> ModuleType:
     return package
 
 
+class _DeferredFinder(importlib.abc.MetaPathFinder):
+    """Finds the modules of DEFERRED as the other finders do, with their loader made lazy."""
+
+    def find_spec(self, fullname: str, path: Any, target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in DEFERRED:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = importlib.util.LazyLoader(spec.loader)
+        return spec
+
+
 def import_nemo_run_for_planning(kinds: Iterable[str]) -> Any:
     """NeMo-Run with the executor modules of `kinds` (and their imports) only, in a process that
     has not imported it yet; NeMo-Run as it is where it already has been."""
@@ -143,6 +164,7 @@ def import_nemo_run_for_planning(kinds: Iterable[str]) -> Any:
     for name in LAZY_PACKAGES:
         sys.modules[name] = _lazy_package(name)
     setattr(sys.modules["nemo_run"], PLANNING_ONLY, wanted)
+    sys.meta_path.insert(0, _DeferredFinder())
     with without():
         experiment = importlib.import_module("nemo_run.run.experiment")
         for module in sorted(rendered):

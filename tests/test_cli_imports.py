@@ -12,7 +12,7 @@ import pytest
 from tasks.nemo_run_for_planning import RENDERED_BY, STANDABLE
 from tests.conftest import PROJECT, write_env
 
-HEAVY = ("nemo_run", "prefect", "torch", "chardet", "omegaconf", "fsspec", "leptonai")
+HEAVY = ("nemo_run", "prefect", "torch", "chardet", "omegaconf", "fsspec", "leptonai", "networkx.algorithms")
 PROBE = f"""
 import sys
 from flows.cli import app
@@ -65,7 +65,25 @@ def test_a_dry_run_loads_nemo_run_but_not_what_planning_never_uses(isolated: Pat
     write_env(isolated, '[cluster]\nexecutor = "slurm"\naccount = "a"\npartition = "p"\n')
     modules = loaded(["nano3", "pretrain", "-c", "tiny", "-r", "cluster", "-d"], isolated)
     assert "nemo_run" in modules
-    assert not modules & {"torch", "chardet"}
+    # networkx is deferred (in sys.modules, never executed: its algorithms package stays out).
+    assert not modules & {"torch", "chardet", "networkx.algorithms"}
+
+
+def test_a_deferred_module_is_there_when_a_plan_uses_it(isolated: Path) -> None:
+    """A multi-job experiment orders its jobs with networkx: the deferred module runs on first use."""
+    code = (
+        "import sys\n"
+        "from tasks.nemo_run_for_planning import import_nemo_run_for_planning\n"
+        "import_nemo_run_for_planning(['local'])\n"
+        "assert 'networkx.algorithms' not in sys.modules\n"
+        "import networkx\n"
+        "graph = networkx.DiGraph([('data', 'train'), ('train', 'eval')])\n"
+        "print(list(networkx.topological_sort(graph)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=isolated, capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(isolated), "PYTHONPATH": str(PROJECT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['data', 'train', 'eval']"
 
 
 def test_a_dry_run_of_a_profile_in_env_toml_does_not_import_prefect(isolated: Path) -> None:

@@ -15,7 +15,6 @@ import typer
 
 from flows.commands.errors import user_errors
 from flows.commands.options import OVERRIDES, ConfigOption
-from flows.summary import wide_console
 
 data_app = typer.Typer(no_args_is_help=True, help="The data sources stages read (new shards start a retraining).")
 
@@ -83,6 +82,7 @@ def status(ctx: typer.Context, config: ConfigOption = "tiny") -> None:
     """Each data source: its shards, its fingerprint, and whether its stage has run on it."""
     from rich.table import Table
 
+    from flows.summary import wide_console
     from tasks.data_arrivals import states
 
     jobs, store = _resolved(config, None, ctx.args)

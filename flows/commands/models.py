@@ -13,7 +13,6 @@ import typer
 
 from flows.commands.errors import user_errors
 from flows.commands.runs import _store
-from flows.summary import wide_console
 
 models_app = typer.Typer(no_args_is_help=True, help="Models in the registry, and the aliases that name them (production).")
 
@@ -33,6 +32,7 @@ def list_models(
     """Each model's latest version and its aliases."""
     from rich.table import Table
 
+    from flows.summary import wide_console
     from tasks.aliases import aliases_of, artifact_names
 
     store = _store()
@@ -56,6 +56,7 @@ def show(name: Annotated[str, typer.Argument(help="A model's name, e.g. nano3-mo
     """A model's versions (digest, metrics, when) and the history of one alias."""
     from rich.table import Table
 
+    from flows.summary import wide_console
     from tasks.aliases import moves
 
     store = _store()

@@ -18,7 +18,6 @@ import typer
 from blocks.errors import ConfigError
 from flows.commands.errors import COMMAND_LINE, user_errors
 from tasks.lean_imports import without
-from flows.summary import wide_console
 
 
 def executor_type(kind: str):  # noqa: ANN201 - type[_Profile], imported lazily (Prefect types)
@@ -92,6 +91,7 @@ def list_runs(
     """Submissions of the artifact store (newest first) and the nano3 Prefect flow runs."""
     from rich.table import Table
 
+    from flows.summary import wide_console
     from tasks.submissions import list_records, output_state
 
     store = _store()

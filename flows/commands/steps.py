@@ -24,7 +24,6 @@ from flows.commands.options import (
     RunOption,
     VerboseOption,
 )
-from flows.summary import wide_console
 
 steps_app = typer.Typer(no_args_is_help=True, help="The steps catalog: list, show and run steps by id.")
 
@@ -58,6 +57,7 @@ def list_steps(
     as_json: Annotated[bool, typer.Option("--json", help="A JSON array instead of the table.")] = False,
 ) -> None:
     """List the steps, optionally those that produce or consume an artifact type."""
+    from flows.summary import wide_console
     from tasks.step_catalog import check_artifact_type, load_catalog
 
     catalog = load_catalog()
@@ -141,6 +141,7 @@ def show_step(
     """Show a step: description, how it runs here, what it consumes and produces, configs, parameters."""
     from rich.markup import escape
 
+    from flows.summary import wide_console
     from tasks.step_catalog import find_step, runnable_alternative
 
     manifest = find_step(step_id)
