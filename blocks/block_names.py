@@ -18,8 +18,12 @@ ARTIFACTS_BLOCK = "default"
 
 @contextlib.contextmanager
 def prefect_api() -> Iterator[None]:
-    """Prefect's "cannot reach / cannot start the API" RuntimeError as one readable error."""
+    """Prefect's API for this command (blocks.prefect_server: the local server when none is
+    configured); its "cannot reach / cannot start the API" RuntimeError as one readable error."""
+    from blocks.prefect_server import use_local_server
+
     try:
+        use_local_server()
         yield
     except RuntimeError as exc:
         raise ConfigError(f"cannot reach the Prefect API: {exc}", hint="check PREFECT_API_URL, or retry") from None

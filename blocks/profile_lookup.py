@@ -62,9 +62,11 @@ def block_store_configured() -> bool:
 def _load_block(name: str) -> ExecutionProfileBlock | None:
     if not block_store_configured():
         return None
+    from blocks.prefect_server import use_local_server
     from blocks.profile_blocks import ExecutionProfileBlock  # deferred: imports Prefect
 
     try:
+        use_local_server()
         return ExecutionProfileBlock.load(block_name(name))
     except ValueError:
         return None

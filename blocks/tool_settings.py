@@ -41,6 +41,13 @@ class ToolSettings(BaseSettings):
         validation_alias=ORCHESTRATOR_PID_VAR,
         description="Set by the tool for local jobs: the job stops when this process is gone. Read by the recipes.",
     )
+    local_server_idle_minutes: float = Field(
+        15.0,
+        ge=0,
+        validation_alias="NANO3_LOCAL_SERVER_IDLE_MINUTES",
+        description="Without PREFECT_API_URL, commands share a local Prefect server (its UI included) that stops "
+        "after this many minutes without one; 0: Prefect's temporary server for each command.",
+    )
     project_dir: Path | None = Field(
         None,
         validation_alias="NANO3_PROJECT_DIR",

@@ -151,7 +151,12 @@ def run_stages(options: RunOptions, stages: list[Stage], flow_name: str = PIPELI
         check_detachable(context)
     check_inputs(resolved.jobs, open_store(context.artifacts))
     hand_over(options, stages, resolved)
+    from blocks.prefect_server import use_local_server
     from flows.stop_signals import stopped_by_signals
+
+    local = use_local_server()
+    if local is not None:
+        print(local.describe(), file=sys.stderr)
 
     with stopped_by_signals():
         if options.detached:

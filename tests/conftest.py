@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
+# Commands run here without PREFECT_API_URL use Prefect's temporary server, one per command: a
+# local server kept for later commands (blocks/prefect_server.py) would outlive the test's folder.
+# tests/test_prefect_server.py turns it on where it is what is tested.
+os.environ.setdefault("NANO3_LOCAL_SERVER_IDLE_MINUTES", "0")
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
