@@ -287,7 +287,7 @@ def rerun_rounds(root: Path, size: list[str], checkouts: dict[str, Path], runs: 
                     for server, (server_env, fresh) in servers.items():
                         if fresh:
                             stop_local_servers(home)
-                        log = f"rerun-{i}-{n}-{server.split()[0]}"
+                        log = f"rerun-{i}-{n}-" + "-".join(server.replace(",", "").split()[:2])
                         timing = rerun(command, root, dict(server_env, PYTHONPATH=str(checkout)), log)
                         times.setdefault((name, server), []).append(timing)
         finally:
