@@ -25,6 +25,7 @@ from flows.commands.options import (
     BatchOption,
     StagesOption,
     ConfigOption,
+    MaxParallelOption,
     DryRunOption,
     RunOption,
     VerboseOption,
@@ -77,6 +78,10 @@ def print_plan(options: RunOptions, stages: list[Stage]) -> None:
 
         # Only the executors these plans render: NeMo-Run's others are seconds of imports.
         import_nemo_run_for_planning(job.profile.executor for job in jobs)
+        if len(jobs) > 1 and not options.detached:
+            from flows.stage_graph import describe, parallelism
+
+            print("\n".join(describe(jobs, parallelism(jobs, options.max_parallel))))
         # The store and [wandb] add secret env vars to every job: the plan names them, as sent.
         store = open_store(context.artifacts)
         for job in jobs:
@@ -94,7 +99,8 @@ def print_plan(options: RunOptions, stages: list[Stage]) -> None:
 
 
 def run_pipeline(options: RunOptions, stages: list[Stage], flow_name: str = PIPELINE_FLOW) -> None:
-    """Attached: the stages run in order inside one Prefect flow, with progress bars on a terminal."""
+    """Attached: the stages run inside one Prefect flow, each once its inputs exist (independent ones
+    at once, flows.stage_graph), with progress bars on a terminal."""
     from flows.pipeline import nano3_pipeline
     from flows.progress import stage_progress_bars
     from flows.summary import gate_lines, report_tables, summary_table, wide_console
@@ -108,6 +114,7 @@ def run_pipeline(options: RunOptions, stages: list[Stage], flow_name: str = PIPE
             batch=options.batch,
             stages=[s.id for s in stages],
             overrides=list(options.overrides),
+            max_parallel=options.max_parallel,
         )
     console = wide_console()
     console.print(summary_table(results, title=flow_name))
@@ -165,10 +172,14 @@ def run_stages(options: RunOptions, stages: list[Stage], flow_name: str = PIPELI
             run_pipeline(options, stages, flow_name)
 
 
-def make_options(config: str | None, run: str | None, batch: str | None, dry_run: bool, overrides: list[str]) -> RunOptions:
+def make_options(
+    config: str | None, run: str | None, batch: str | None, dry_run: bool, overrides: list[str],
+    max_parallel: int | None = None,
+) -> RunOptions:
     from flows.run_options import RunOptions
 
-    return RunOptions(config=config or "tiny", run=run, batch=batch, dry_run=dry_run, overrides=tuple(overrides))
+    return RunOptions(config=config or "tiny", run=run, batch=batch, dry_run=dry_run, overrides=tuple(overrides),
+                      max_parallel=max_parallel)
 
 
 @app.command(context_settings=OVERRIDES, help=f"Run the nano3 pipeline (data prep → pretrain → SFT → RL → convert → eval). {OVERRIDES_HELP}")
@@ -180,10 +191,11 @@ def main(
     batch: BatchOption = None,
     dry_run: DryRunOption = False,
     stages: StagesOption = None,
+    max_parallel: MaxParallelOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     set_verbose(verbose)
-    run_stages(make_options(config, run, batch, dry_run, ctx.args), select_stages(stages))
+    run_stages(make_options(config, run, batch, dry_run, ctx.args, max_parallel), select_stages(stages))
 
 
 if __name__ == "__main__":

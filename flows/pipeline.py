@@ -1,8 +1,10 @@
-"""The nano3 Prefect flow: every stage through the one generic task, in dependency order."""
+"""The nano3 Prefect flow: every stage through the one generic task, as a graph of their inputs."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from blocks.settings import WandbConfig
 from flows.detached import check_detachable, submit_jobs
@@ -10,21 +12,24 @@ from flows.promotion import gate_stage, gated
 from flows.run_options import RunOptions, take_resolved
 from tasks.artifacts import ArtifactStore, ArtifactVersion, open_store
 from tasks.job_config import JobConfig
-from tasks.stage_task import StageResult, prepare_stage, run_prepared_stage
+from tasks.stage_task import PreparedStage, StageResult, prepare_stage, stage_result, submit_prepared_stage
 from tasks.stages import STAGES, STAGES_BY_ID
 
 
-@flow(name="nano3", log_prints=False)
+#: Every stage may be in flight at once; `max_parallel` is the bound the flow keeps.
+@flow(name="nano3", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=len(STAGES)))
 def nano3_pipeline(
     config: str = "tiny",
     run: str | None = None,
     batch: str | None = None,
     stages: list[str] | None = None,
     overrides: list[str] | None = None,
+    max_parallel: int | None = None,
 ) -> list[StageResult]:
-    """Data prep → pretrain → SFT → RL → convert → eval, each stage cached by its inputs and config."""
+    """Data prep → pretrain → SFT → RL → convert → eval, each stage cached by its inputs and config,
+    independent stages at the same time (at most `max_parallel`; default: flows.stage_graph)."""
     logger = get_run_logger()
-    options = RunOptions(config=config, run=run, batch=batch, overrides=tuple(overrides or ()))
+    options = RunOptions(config=config, run=run, batch=batch, overrides=tuple(overrides or ()), max_parallel=max_parallel)
     selected = [STAGES_BY_ID[s] for s in stages] if stages else list(STAGES)
     resolved = take_resolved(options, selected)
     context, jobs = resolved.context, list(resolved.jobs)
@@ -35,7 +40,7 @@ def nano3_pipeline(
         # `nemotron nano3 pipe -b` again) publishes what finished and submits what follows.
         check_detachable(context)
         return submit_jobs(jobs, store, context.wandb)  # type: ignore[return-value]
-    results = execute_stages(jobs, store, context.wandb)
+    results = execute_stages(jobs, store, context.wandb, options.max_parallel)
     for index, (job, result) in enumerate(zip(jobs, results)):
         if gated(job):
             verdict = gate_stage(job, result.artifact, result.inputs, store, context.wandb)
@@ -44,17 +49,67 @@ def nano3_pipeline(
 
 
 def execute_stages(
-    jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig | None
+    jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig | None, max_parallel: int | None = None
 ) -> list[StageResult]:
-    """Run the jobs in order inside the current flow; each consumes what the previous ones made."""
+    """Run the jobs inside the current flow as a graph: each stage starts once the stages it reads
+    from are done (flows.stage_graph), at most `max_parallel` at once, in the jobs' order where
+    several are ready. A failed stage skips the stages that need it; independent ones go on. The
+    first failure is raised once nothing runs any more."""
+    from prefect.futures import as_completed
+
+    from flows.stage_graph import dependencies, parallelism
     from tasks.lineage import publish_run_lineage
 
     say = get_run_logger().info
+    waits = dependencies(jobs)
+    limit = parallelism(jobs, max_parallel)
+    if len(jobs) > 1:
+        say(f"at most {limit.limit} stage(s) at once ({limit.reason})")
     produced: dict[str, ArtifactVersion] = {}
-    results: list[StageResult] = []
-    for job in jobs:
-        result = run_prepared_stage(prepare_stage(job, store, produced, say=say), store, wandb)
+    results: dict[str, StageResult] = {}
+    failures: dict[str, BaseException] = {}
+    pending = list(jobs)
+    running: dict[PrefectFuture, PreparedStage] = {}
+    while pending or running:
+        for job in list(pending):
+            if len(running) >= limit.limit:
+                break
+            stage = job.stage.id
+            lost = [needed for needed in waits[stage] if needed in failures]
+            if lost:
+                pending.remove(job)
+                failures[stage] = StageSkipped(f"{stage}: not run: it needs {lost[0]}, which did not finish")
+                say(str(failures[stage]))
+            elif all(needed in results for needed in waits[stage]):
+                pending.remove(job)
+                try:
+                    prepared = prepare_stage(job, store, produced, say=say)
+                except Exception as error:  # noqa: BLE001 - raised below once nothing runs
+                    failures[stage] = error
+                    continue
+                running[submit_prepared_stage(prepared, store, wandb)] = prepared
+        if not running:
+            if pending:  # the jobs are in the stages' order: what a stage waits for comes first
+                raise RuntimeError(f"{pending[0].stage.id} waits for {', '.join(waits[pending[0].stage.id])}, not started")
+            break
+        finished = next(as_completed(list(running)))
+        prepared = running.pop(finished)
+        try:
+            result = stage_result(prepared, finished, store)
+        except Exception as error:  # noqa: BLE001 - raised below once nothing runs
+            failures[prepared.stage_id] = error
+            continue
         produced[result.artifact.name] = result.artifact
-        results.append(result)
-    publish_run_lineage([(r.stage, r.artifact, r.inputs) for r in results])
-    return results
+        results[result.stage] = result
+    if failures:
+        first = next(error for job in jobs if (error := failures.get(job.stage.id)) and not isinstance(error, StageSkipped))
+        if len(failures) > 1:
+            say(f"not finished: {', '.join(failures)}; finished: {', '.join(results) or 'none'}")
+        raise first
+    ordered = [results[job.stage.id] for job in jobs]
+    publish_run_lineage([(r.stage, r.artifact, r.inputs) for r in ordered])
+    return ordered
+
+
+class StageSkipped(Exception):
+    """A stage not run because a stage it needs failed."""

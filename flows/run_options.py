@@ -36,6 +36,8 @@ class RunOptions:
     batch: str | None = None
     dry_run: bool = False
     overrides: tuple[str, ...] = field(default_factory=tuple)
+    #: Stages running at once; None: flows.stage_graph.parallelism's default for the profile.
+    max_parallel: int | None = None
 
     def __post_init__(self) -> None:
         if self.run and self.batch:

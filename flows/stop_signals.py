@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+from tasks.stopping import stop_waiting
 
 #: The signals that stop a run: `kill <pid>`, Ctrl-C, the terminal closing.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -88,6 +89,7 @@ def _arm_stop_deadline(signum: int) -> None:
     if _stop["signal"] is not None:
         return
     _stop["signal"] = signum
+    stop_waiting()  # the stage threads waiting on jobs leave their waits
     timer = threading.Timer(STOP_DEADLINE_SECONDS, _exit_now, args=(128 + signum,))
     timer.daemon = True
     with contextlib.suppress(RuntimeError):  # a signal during interpreter shutdown: it is exiting

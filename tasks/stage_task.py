@@ -20,6 +20,7 @@ from typing import Any, Literal
 from omegaconf import OmegaConf
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import CachePolicy
+from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
@@ -394,9 +395,9 @@ def stage_task(prepared: PreparedStage) -> Task[..., StageResult]:
     )(_run_stage)
 
 
-def run_prepared_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None) -> StageResult:
-    """The stage task for one prepared stage, inside the current flow: runs it, or verifies and
-    publishes the output its cache key already has (status `cached` when Prefect found it so).
+def submit_prepared_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None) -> PrefectFuture:
+    """The stage task for one prepared stage, started in the current flow's task runner (a worker
+    thread): it runs the stage, or verifies and publishes the output its cache key already has.
 
     Cached exactly when the output exists: where the store has no manifest for it (store wiped,
     output deleted) Prefect's record of an earlier run is not used but replaced (refresh_cache).
@@ -404,7 +405,14 @@ def run_prepared_stage(prepared: PreparedStage, store: ArtifactStore, wandb: Wan
     task = stage_task(prepared)
     if store.read_manifest(prepared.output_url) is None:
         task = task.with_options(refresh_cache=True)
-    state = task(prepared, store, wandb, return_state=True)
+    return task.submit(prepared, store, wandb)
+
+
+def stage_result(prepared: PreparedStage, future: PrefectFuture, store: ArtifactStore) -> StageResult:
+    """The finished stage task's result (its exception, where it failed), status `cached` when
+    Prefect found it so."""
+    future.wait()
+    state = future.state
     result: StageResult = state.result()
     if state.name == "Cached":
         # The store, not Prefect's record, holds the truth: verify the output and publish it again
@@ -414,6 +422,11 @@ def run_prepared_stage(prepared: PreparedStage, store: ArtifactStore, wandb: Wan
         # this class (Prefect stored it pickled), without the fields added since.
         result = StageResult(stage=result.stage, status="cached", seconds=0.0, artifact=artifact, inputs=result.inputs)
     return result
+
+
+def run_prepared_stage(prepared: PreparedStage, store: ArtifactStore, wandb: WandbConfig | None) -> StageResult:
+    """One stage task, waited for."""
+    return stage_result(prepared, submit_prepared_stage(prepared, store, wandb), store)
 
 
 def store_wandb_dir(store: ArtifactStore):  # noqa: ANN201 - Path

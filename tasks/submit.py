@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import signal
-import sys
 import uuid
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,8 @@ from tasks.job_config import JobConfig
 from recipes.nano3.outage import backoff_delays
 from tasks.nemo_run_import import import_nemo_run
 from tasks.submission import job_target, recipe_task
+from tasks.stopping import sleep_unless_stopping
+from tasks.thread_stdout import thread_stdout
 
 ACTIVE = {"SUBMITTED", "PENDING", "RUNNING", "UNKNOWN_ACTIVE"}
 #: What NeMo-Run reports when the scheduler could not be asked (sacct failing while slurmdbd
@@ -240,7 +241,7 @@ def _reattach(record: SubmissionRecord, job: JobConfig) -> Any | None:
     run = import_nemo_run()
 
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with thread_stdout(io.StringIO()):
             exp = run.Experiment.from_id(record.experiment_id)
     except Exception:  # noqa: BLE001 - a missing or unreadable experiment folder means: resubmit
         return None
@@ -272,7 +273,7 @@ def _state_when_answered(
         on_line(
             f"the scheduler did not answer about job {job_id} ({complaints.reason}); asking again in {delay:.0f} s"
         )
-        time.sleep(delay)
+        sleep_unless_stopping(delay, f"job {job_id}")
         state, job_id, local_dir = _state(exp, complaints)
     on_line(f"the scheduler answers again: job {job_id} is {state} (silent for {time.monotonic() - started:.0f} s)")
     return state, job_id, local_dir
@@ -286,7 +287,7 @@ def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool, profile: _
         if state == UNANSWERED:
             state, job_id, local_dir = _state_when_answered(exp, job_id, local_dir, on_line, complaints)
             continue
-        time.sleep(POLL_SECONDS)
+        sleep_unless_stopping(POLL_SECONDS, f"job {job_id}")
         tail.poll()
         state, job_id, local_dir = _state(exp, complaints)
         tail.folder = Path(local_dir) if local_dir else tail.folder
@@ -340,8 +341,7 @@ def submit_and_wait(
     prepare_submission(executor, target)
     # NeMo-Run prints banners and hints to stdout; the job's own log lines go through on_line,
     # whose logger prints to the real stdout while we wait.
-    real_stdout = sys.stdout
-    with contextlib.redirect_stdout(io.StringIO()):
+    with thread_stdout(io.StringIO()):
         with (
             run.Experiment(f"nano3-{job.stage.slug}", executor=executor, log_level="WARN") as exp,
             leaving_without_waiting_when_stopped(exp),
@@ -367,5 +367,5 @@ def submit_and_wait(
             if detached:
                 return JobOutcome(state, exp._id, job_id, False, [])
             # Waiting inside the block: leaving it makes NeMo-Run wait on local jobs itself.
-            with contextlib.redirect_stdout(real_stdout):
+            with thread_stdout(None):
                 return _wait(exp, on_line, reattached=False, profile=job.profile)

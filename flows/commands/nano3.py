@@ -25,6 +25,7 @@ from flows.commands.options import (
     BatchOption,
     StagesOption,
     ConfigOption,
+    MaxParallelOption,
     DryRunOption,
     RunOption,
     VerboseOption,
@@ -96,9 +97,11 @@ def pipe(
     batch: BatchOption = None,
     dry_run: DryRunOption = False,
     stages: StagesOption = None,
+    max_parallel: MaxParallelOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """The whole pipeline in one Prefect flow: every stage in order, each cached by its inputs and config.
+    """The whole pipeline in one Prefect flow: each stage once its inputs exist (independent ones at
+    the same time), each cached by its inputs and config.
 
     With --batch, the stages whose inputs exist are submitted and the command returns; run it again
     later to publish what finished and submit the next stages. Trailing key=value arguments override
@@ -107,4 +110,4 @@ def pipe(
     from flows.nano3 import PIPELINE_FLOW, make_options, run_stages, select_stages
 
     set_verbose(verbose)
-    run_stages(make_options(config, run, batch, dry_run, ctx.args), select_stages(stages), PIPELINE_FLOW)
+    run_stages(make_options(config, run, batch, dry_run, ctx.args, max_parallel), select_stages(stages), PIPELINE_FLOW)

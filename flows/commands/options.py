@@ -29,6 +29,12 @@ StagesOption = Annotated[
     str | None,
     typer.Option("--stages", metavar="IDS", help="Comma-separated subset of the stages (data_prep/pretrain,pretrain,…)."),
 ]
+MaxParallelOption = Annotated[
+    int | None,
+    typer.Option("--max-parallel", metavar="N", min=1,
+                 help="Stages running at once, where their inputs allow (default: all on a scheduler; "
+                      "one per 8 cores on this machine)."),
+]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")]
 
 #: Trailing `key=value` arguments are overrides; anything else that looks like an option is an error.
