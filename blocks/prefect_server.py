@@ -214,10 +214,12 @@ def _start(files: ServerFiles, idle: float, timeout: float) -> str:
 
 
 def _supervisor_env() -> dict[str, str]:
-    """The command's environment, with the project importable from the supervisor's folder."""
+    """The command's environment, with the project importable; the server sends no telemetry
+    unless the user asked for it (machines without internet log a traceback per attempt)."""
     project = str(Path(__file__).resolve().parent.parent)
     path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": f"{project}{os.pathsep}{path}" if path else project}
+    return {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ,
+            "PYTHONPATH": f"{project}{os.pathsep}{path}" if path else project}
 
 
 # --- the supervisor: its own process, without Prefect imported ----------------------------------

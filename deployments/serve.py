@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from flows.commands.errors import user_errors
-from flows.commands.options import OVERRIDES, OVERRIDES_HELP, BatchOption, ConfigOption, RunOption
+from flows.commands.options import OVERRIDES, OVERRIDES_HELP, BatchOption, ConfigOption, MaxParallelOption, RunOption
 
 if TYPE_CHECKING:
     from prefect.schedules import Schedule
@@ -32,14 +32,15 @@ app = typer.Typer(add_completion=False, rich_markup_mode="rich", pretty_exceptio
 
 
 def retrain_parameters(
-    config: str | None, run: str | None, batch: str | None, stages: str | None, overrides: list[str]
+    config: str | None, run: str | None, batch: str | None, stages: str | None, overrides: list[str],
+    max_parallel: int | None = None,
 ) -> dict[str, Any]:
     """The nano3 flow's parameters, checked as `python -m flows.nano3` checks its command line, so
     a typo stops the command now rather than failing the first scheduled run a week later."""
     from flows.nano3 import make_options, select_stages
     from tasks.job_config import parse_overrides
 
-    options = make_options(config, run, batch, False, overrides)
+    options = make_options(config, run, batch, False, overrides, max_parallel)
     parse_overrides(options.overrides)
     return {
         "config": options.config,
@@ -47,6 +48,7 @@ def retrain_parameters(
         "batch": options.batch,
         "stages": [stage.id for stage in select_stages(stages)] if stages else None,
         "overrides": list(options.overrides),
+        "max_parallel": options.max_parallel,
     }
 
 
@@ -79,11 +81,12 @@ def main(
     run: RunOption = None,
     batch: BatchOption = None,
     stages: Annotated[str | None, typer.Option(help="Comma-separated subset of the stages (default: all).")] = None,
+    max_parallel: MaxParallelOption = None,
 ) -> None:
     from flows.pipeline import nano3_pipeline
 
     schedule = retrain_schedule(cron, timezone)
-    parameters = retrain_parameters(config, run, batch, stages, ctx.args)
+    parameters = retrain_parameters(config, run, batch, stages, ctx.args, max_parallel)
     nano3_pipeline.serve(name=name, schedule=schedule, parameters=parameters)
 
 

@@ -59,6 +59,7 @@ def execute_stages(
 
     from flows.stage_graph import dependencies, parallelism
     from tasks.lineage import publish_run_lineage
+    from tasks.stopping import stoppable_waits
 
     say = get_run_logger().info
     waits = dependencies(jobs)
@@ -70,37 +71,42 @@ def execute_stages(
     failures: dict[str, BaseException] = {}
     pending = list(jobs)
     running: dict[PrefectFuture, PreparedStage] = {}
-    while pending or running:
-        for job in list(pending):
-            if len(running) >= limit.limit:
-                break
-            stage = job.stage.id
-            lost = [needed for needed in waits[stage] if needed in failures]
-            if lost:
-                pending.remove(job)
-                failures[stage] = StageSkipped(f"{stage}: not run: it needs {lost[0]}, which did not finish")
-                say(str(failures[stage]))
-            elif all(needed in results for needed in waits[stage]):
-                pending.remove(job)
-                try:
-                    prepared = prepare_stage(job, store, produced, say=say)
-                except Exception as error:  # noqa: BLE001 - raised below once nothing runs
-                    failures[stage] = error
-                    continue
-                running[submit_prepared_stage(prepared, store, wandb)] = prepared
-        if not running:
-            if pending:  # the jobs are in the stages' order: what a stage waits for comes first
-                raise RuntimeError(f"{pending[0].stage.id} waits for {', '.join(waits[pending[0].stage.id])}, not started")
-            break
-        finished = next(as_completed(list(running)))
-        prepared = running.pop(finished)
+    with stoppable_waits() as ending:
         try:
-            result = stage_result(prepared, finished, store)
-        except Exception as error:  # noqa: BLE001 - raised below once nothing runs
-            failures[prepared.stage_id] = error
-            continue
-        produced[result.artifact.name] = result.artifact
-        results[result.stage] = result
+            while pending or running:
+                for job in list(pending):
+                    if len(running) >= limit.limit:
+                        break
+                    stage = job.stage.id
+                    lost = [needed for needed in waits[stage] if needed in failures]
+                    if lost:
+                        pending.remove(job)
+                        failures[stage] = StageSkipped(f"{stage}: not run: it needs {lost[0]}, which did not finish")
+                        say(str(failures[stage]))
+                    elif all(needed in results for needed in waits[stage]):
+                        pending.remove(job)
+                        try:
+                            prepared = prepare_stage(job, store, produced, say=say)
+                        except Exception as error:  # noqa: BLE001 - raised below once nothing runs
+                            failures[stage] = error
+                            continue
+                        running[submit_prepared_stage(prepared, store, wandb)] = prepared
+                if not running:
+                    if pending:  # the jobs are in the stages' order: what a stage waits for comes first
+                        raise RuntimeError(f"{pending[0].stage.id} waits for {', '.join(waits[pending[0].stage.id])}, not started")
+                    break
+                finished = next(as_completed(list(running)))
+                prepared = running.pop(finished)
+                try:
+                    result = stage_result(prepared, finished, store)
+                except Exception as error:  # noqa: BLE001 - raised below once nothing runs
+                    failures[prepared.stage_id] = error
+                    continue
+                produced[result.artifact.name] = result.artifact
+                results[result.stage] = result
+        except BaseException:
+            ending.set()  # a stop signal or an error here: the stage threads leave their waits
+            raise
     if failures:
         first = next(error for job in jobs if (error := failures.get(job.stage.id)) and not isinstance(error, StageSkipped))
         if len(failures) > 1:

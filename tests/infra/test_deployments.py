@@ -119,7 +119,8 @@ def test_the_deployment_is_stored_with_its_weekly_schedule_on_the_process_pool(a
     assert deployment.entrypoint == "flows/pipeline.py:nano3_pipeline"
     schedules = [(s.schedule.cron, s.schedule.timezone, s.active) for s in deployment.schedules]
     assert schedules == [("0 3 * * 0", "UTC", True)]
-    assert deployment.parameters == {"config": "tiny", "run": None, "batch": None, "stages": None, "overrides": []}
+    assert deployment.parameters == {"config": "tiny", "run": None, "batch": None, "stages": None, "overrides": [],
+                                     "max_parallel": None}
     # Where the code is gets decided on the worker's machine when a run starts, not when deploying.
     assert deployment.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $NANO3_PROJECT_DIR }}"}}
@@ -159,7 +160,8 @@ def test_serve_registers_its_schedule_and_parameters(api_url: str, tmp_path: Pat
     assert deployment.work_pool_name is None  # the serving process runs its runs itself
     assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == [("30 1 * * *", "Europe/Berlin")]
     assert deployment.parameters == {"config": "tiny", "run": None, "batch": None,
-                                     "stages": ["data_prep/sft", "sft"], "overrides": ["sft:train.train_iters=20"]}
+                                     "stages": ["data_prep/sft", "sft"], "overrides": ["sft:train.train_iters=20"],
+                                     "max_parallel": None}
 
 
 @pytest.mark.parametrize(("arguments", "error"), [
