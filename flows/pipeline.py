@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -55,67 +57,82 @@ def execute_stages(
     from are done (flows.stage_graph), at most `max_parallel` at once, in the jobs' order where
     several are ready. A failed stage skips the stages that need it; independent ones go on. The
     first failure is raised once nothing runs any more."""
-    from prefect.futures import as_completed
-
-    from flows.stage_graph import dependencies, parallelism
+    from flows.stage_graph import parallelism
     from tasks.lineage import publish_run_lineage
     from tasks.stopping import stoppable_waits
 
-    say = get_run_logger().info
-    waits = dependencies(jobs)
     limit = parallelism(jobs, max_parallel)
+    run = _GraphRun(jobs, store, wandb, limit.limit, get_run_logger().info)
     if len(jobs) > 1:
-        say(f"at most {limit.limit} stage(s) at once ({limit.reason})")
-    produced: dict[str, ArtifactVersion] = {}
-    results: dict[str, StageResult] = {}
-    failures: dict[str, BaseException] = {}
-    pending = list(jobs)
-    running: dict[PrefectFuture, PreparedStage] = {}
+        run.say(f"at most {limit.limit} stage(s) at once ({limit.reason})")
     with stoppable_waits() as ending:
         try:
-            while pending or running:
-                for job in list(pending):
-                    if len(running) >= limit.limit:
-                        break
-                    stage = job.stage.id
-                    lost = [needed for needed in waits[stage] if needed in failures]
-                    if lost:
-                        pending.remove(job)
-                        failures[stage] = StageSkipped(f"{stage}: not run: it needs {lost[0]}, which did not finish")
-                        say(str(failures[stage]))
-                    elif all(needed in results for needed in waits[stage]):
-                        pending.remove(job)
-                        try:
-                            prepared = prepare_stage(job, store, produced, say=say)
-                        except Exception as error:  # noqa: BLE001 - raised below once nothing runs
-                            failures[stage] = error
-                            continue
-                        running[submit_prepared_stage(prepared, store, wandb)] = prepared
-                if not running:
-                    if pending:  # the jobs are in the stages' order: what a stage waits for comes first
-                        raise RuntimeError(f"{pending[0].stage.id} waits for {', '.join(waits[pending[0].stage.id])}, not started")
-                    break
-                finished = next(as_completed(list(running)))
-                prepared = running.pop(finished)
-                try:
-                    result = stage_result(prepared, finished, store)
-                except Exception as error:  # noqa: BLE001 - raised below once nothing runs
-                    failures[prepared.stage_id] = error
-                    continue
-                produced[result.artifact.name] = result.artifact
-                results[result.stage] = result
+            while run.start_ready():
+                run.collect_next()
         except BaseException:
             ending.set()  # a stop signal or an error here: the stage threads leave their waits
             raise
-    if failures:
-        first = next(error for job in jobs if (error := failures.get(job.stage.id)) and not isinstance(error, StageSkipped))
-        if len(failures) > 1:
-            say(f"not finished: {', '.join(failures)}; finished: {', '.join(results) or 'none'}")
-        raise first
-    ordered = [results[job.stage.id] for job in jobs]
+    if run.failures:
+        if len(run.failures) > 1:
+            run.say(f"not finished: {', '.join(run.failures)}; finished: {', '.join(run.results) or 'none'}")
+        raise [error for error in run.failures.values() if not isinstance(error, StageSkipped)][0]
+    ordered = [run.results[job.stage.id] for job in jobs]
     publish_run_lineage([(r.stage, r.artifact, r.inputs) for r in ordered])
     return ordered
 
 
 class StageSkipped(Exception):
     """A stage not run because a stage it needs failed."""
+
+
+class _GraphRun:
+    """One run's way through the graph: what waits, what runs, what is done and what failed."""
+
+    def __init__(self, jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig | None, limit: int,
+                 say: Callable[[str], None]) -> None:
+        from flows.stage_graph import dependencies
+
+        self.store, self.wandb, self.limit, self.say = store, wandb, limit, say
+        self.waits = dependencies(jobs)
+        self.pending = list(jobs)
+        self.running: dict[PrefectFuture, PreparedStage] = {}
+        self.produced: dict[str, ArtifactVersion] = {}
+        self.results: dict[str, StageResult] = {}
+        self.failures: dict[str, BaseException] = {}
+
+    def start_ready(self) -> bool:
+        """Start what can start, skip what cannot run any more; whether anything is running."""
+        for job in list(self.pending):
+            if len(self.running) >= self.limit:
+                break
+            stage = job.stage.id
+            lost = [needed for needed in self.waits[stage] if needed in self.failures]
+            if lost:
+                self.pending.remove(job)
+                self.failures[stage] = StageSkipped(f"{stage}: not run: it needs {lost[0]}, which did not finish")
+                self.say(str(self.failures[stage]))
+            elif all(needed in self.results for needed in self.waits[stage]):
+                self.pending.remove(job)
+                try:
+                    prepared = prepare_stage(job, self.store, self.produced, say=self.say)
+                except Exception as error:  # noqa: BLE001 - raised once nothing runs
+                    self.failures[stage] = error
+                    continue
+                self.running[submit_prepared_stage(prepared, self.store, self.wandb)] = prepared
+        if not self.running and self.pending:  # the jobs are in the stages' order: what a stage waits for comes first
+            raise RuntimeError(f"{self.pending[0].stage.id} waits for {', '.join(self.waits[self.pending[0].stage.id])}, not started")
+        return bool(self.running)
+
+    def collect_next(self) -> None:
+        """Wait for the next stage to finish: its result, or its failure."""
+        from prefect.futures import as_completed
+
+        finished = next(as_completed(list(self.running)))
+        prepared = self.running.pop(finished)
+        try:
+            result = stage_result(prepared, finished, self.store)
+        except Exception as error:  # noqa: BLE001 - raised once nothing runs
+            self.failures[prepared.stage_id] = error
+            return
+        self.produced[result.artifact.name] = result.artifact
+        self.results[result.stage] = result

@@ -223,6 +223,18 @@ def mirror_to_wandb(
     done = wandb_dir / "mirrored" / marker
     if done.is_file():
         return None
+    with _ONE_MIRROR_AT_A_TIME:  # stages finishing at once: one W&B run of this process at a time
+        return _mirror(settings, stage_id, output, inputs, wandb_dir, aliases, mode, done)
+
+
+#: W&B's runs of one process share its service connection and settings; mirroring takes a second.
+_ONE_MIRROR_AT_A_TIME = threading.Lock()
+
+
+def _mirror(
+    settings: WandbConfig, stage_id: str, output: ArtifactVersion, inputs: dict[str, ArtifactVersion],
+    wandb_dir: Path, aliases: tuple[str, ...], mode: str, done: Path,
+) -> Path | None:
     import wandb
 
     wandb_dir.mkdir(parents=True, exist_ok=True)
