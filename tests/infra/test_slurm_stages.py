@@ -11,6 +11,7 @@ the job's true end, and never submits a second job.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -62,6 +63,23 @@ def test_stages_run_as_slurm_jobs_and_stream_their_logs(cluster, store: Artifact
         assert record is not None and record.executor == "slurm" and record.job_id
         assert sacct_row(cluster, record.job_id) == {"State": "COMPLETED", "ExitCode": "0:0"}
     assert "step 3/3 value=6" in prefect_logs()  # the job's progress, read from its Slurm log while it ran
+
+
+def test_independent_stages_run_as_slurm_jobs_at_the_same_time(cluster, store: ArtifactStore, isolated: Path) -> None:  # noqa: ANN001
+    """Two stages that read nothing from each other: both jobs are submitted at once (the default
+    on a scheduler) and Slurm runs them side by side, by sacct's start and end times."""
+    other = dataclasses.replace(PRODUCE, id="toy/produce-more", artifact="toy-more-numbers")
+    jobs = [slurm_job(PRODUCE, job_dir(isolated), "sleep=2.0"), slurm_job(other, job_dir(isolated), "sleep=2.0", "scale=3")]
+    results = slurm_toy_flow(jobs, store)
+    assert [r.status for r in results] == ["ran", "ran"]
+    spans = []
+    for result in results:
+        record = store.read_record(result.artifact.cache_key)
+        assert record is not None and record.job_id
+        row = sacct_row(cluster, record.job_id, "State,Start,End")
+        assert row["State"] == "COMPLETED"
+        spans.append((datetime.fromisoformat(row["Start"]), datetime.fromisoformat(row["End"])))
+    assert max(start for start, _ in spans) < min(end for _, end in spans), spans
 
 
 def test_a_failing_job_fails_the_stage_with_its_log(cluster, store: ArtifactStore, isolated: Path) -> None:  # noqa: ANN001
