@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO
 
 from blocks.errors import ConfigError
+from recipes.nano3.runtime import process_alive
 
 #: How often the supervisor looks for commands using its server.
 CHECK_SECONDS = 1.0
@@ -48,26 +49,21 @@ STOP_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class ServerFiles:
-    """The files of one local server, under PREFECT_HOME: named after what it serves."""
+    """The files of one local server under PREFECT_HOME, named after what it serves (`key`): its
+    state (URL, pids; present while it answers), the lock of the commands using it, the lock of
+    the command starting it, and the supervisor's log."""
 
     home: Path
     key: str
+    state: Path
+    users: Path
+    starting: Path
+    log: Path
 
-    @property
-    def state(self) -> Path:
-        return self.home / f"nano3-server-{self.key}.json"
-
-    @property
-    def users(self) -> Path:
-        return self.home / f"nano3-server-{self.key}.users"
-
-    @property
-    def starting(self) -> Path:
-        return self.home / f"nano3-server-{self.key}.start"
-
-    @property
-    def log(self) -> Path:
-        return self.home / f"nano3-server-{self.key}.log"
+    @classmethod
+    def of(cls, home: Path, key: str) -> ServerFiles:
+        stem = home / f"nano3-server-{key}"
+        return cls(home, key, *(stem.with_suffix(suffix) for suffix in (".json", ".users", ".start", ".log")))
 
 
 @dataclass(frozen=True)
@@ -135,23 +131,10 @@ def stop_local_servers(home: Path, timeout: float = 60.0) -> list[str]:
             state.unlink(missing_ok=True)  # its supervisor is gone: nothing serves it
             continue
         deadline = time.monotonic() + timeout
-        while _alive(int(found["supervisor"])) and time.monotonic() < deadline:
+        while process_alive(int(found["supervisor"])) and time.monotonic() < deadline:
             time.sleep(0.1)
         stopped.append(str(found["url"]))
     return stopped
-
-
-def _alive(pid: int) -> bool:
-    """Running, not exited (a zombie whose parent has not reaped it yet has exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
 
 
 def server_files(settings: object) -> ServerFiles:
@@ -160,7 +143,7 @@ def server_files(settings: object) -> ServerFiles:
     url = settings.server.database.connection_url  # type: ignore[attr-defined]
     database = url.get_secret_value() if url is not None else ""
     key = hashlib.sha256(f"{database}\n{prefect.__version__}".encode()).hexdigest()[:12]
-    return ServerFiles(home=Path(settings.home), key=key)  # type: ignore[attr-defined]
+    return ServerFiles.of(Path(settings.home), key)  # type: ignore[attr-defined]
 
 
 def _lock(path: Path, kind: int) -> IO[str]:
@@ -308,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", required=True)
     parser.add_argument("--idle-minutes", type=float, required=True)
     args = parser.parse_args(argv)
-    return supervise(ServerFiles(home=args.home, key=args.key), args.idle_minutes)
+    return supervise(ServerFiles.of(args.home, args.key), args.idle_minutes)
 
 
 if __name__ == "__main__":

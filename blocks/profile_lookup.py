@@ -62,16 +62,13 @@ def block_store_configured() -> bool:
 def _load_block(name: str) -> ExecutionProfileBlock | None:
     if not block_store_configured():
         return None
-    from blocks.prefect_server import use_local_server
     from blocks.profile_blocks import ExecutionProfileBlock  # deferred: imports Prefect
 
     try:
-        use_local_server()
-        return ExecutionProfileBlock.load(block_name(name))
-    except ValueError:
+        with prefect_api():
+            return ExecutionProfileBlock.load(block_name(name))
+    except ValueError:  # no block of that name
         return None
-    except RuntimeError as exc:  # the API could not be reached or started
-        raise ConfigError(f"cannot read profile blocks from Prefect: {exc}", hint="check PREFECT_API_URL") from None
 
 
 def resolve_profile(name: str, env: EnvFile | None | bool = True) -> ResolvedProfile:

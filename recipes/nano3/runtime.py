@@ -244,12 +244,13 @@ def _say(line: str) -> None:
 _job_lock_fd: int | None = None
 
 
-def orchestrator_alive(pid: int) -> bool:
-    """Whether the orchestrator `pid` that started this job is still running.
+def process_alive(pid: int) -> bool:
+    """Whether process `pid`, which started before this one (a job's orchestrator, a server's
+    supervisor), is still running.
 
-    Not a zombie (a killed orchestrator that its parent has not reaped yet still answers
+    Not a zombie (a killed process that its parent has not reaped yet still answers
     kill(pid, 0)), and started no later than this process (a pid handed to another process since
-    is not the orchestrator). Without /proc: kill(pid, 0).
+    is not the one meant). Without /proc: kill(pid, 0).
     """
     try:
         mine = Path("/proc/self/stat").read_text()
@@ -301,7 +302,7 @@ def hold_job_lock(work_dir: Path) -> None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}\n".encode(), 0)
         _job_lock_fd = fd
-    if not orchestrator_alive(int(pid)):
+    if not process_alive(int(pid)):
         print(f"orchestrator {pid} is gone; not starting (its rerun submits the stage again)", flush=True)
         os._exit(143)
     if first:
@@ -322,7 +323,7 @@ def watch_orchestrator(interval: float = 1.0) -> None:
     def watch() -> None:
         while True:
             time.sleep(interval)
-            if not orchestrator_alive(int(pid)):
+            if not process_alive(int(pid)):
                 print(f"orchestrator {pid} is gone; stopping (the rerun resumes from the last checkpoint)", flush=True)
                 os._exit(143)
 

@@ -128,14 +128,14 @@ def test_a_job_whose_orchestrator_is_gone_stops_at_its_lock(isolated: Path, hold
 
 
 def test_orchestrator_alive_only_for_a_running_process_started_before_the_job() -> None:
-    assert runtime.orchestrator_alive(os.getppid())
+    assert runtime.process_alive(os.getppid())
     later = subprocess.Popen(["sleep", "60"])  # started after this process: a reused pid, not its orchestrator
     try:
-        assert not runtime.orchestrator_alive(later.pid)
+        assert not runtime.process_alive(later.pid)
     finally:
         later.kill()
         later.wait()
-    assert not runtime.orchestrator_alive(later.pid)
+    assert not runtime.process_alive(later.pid)
 
 
 # --- through the real pipeline ---------------------------------------------------------------
