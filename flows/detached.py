@@ -59,7 +59,7 @@ def submit_jobs(jobs: list[JobConfig], store: ArtifactStore, wandb: WandbConfig 
     results: list[Submission] = []
     for job in jobs:
         stage = job.stage
-        blocked = [item.artifact for item in input_refs(job) if item.artifact in unfinished]
+        blocked = [item.artifact for item in input_refs(job) if item.follows_run and item.artifact in unfinished]
         if blocked:
             results.append(Submission(stage=stage.id, status="waiting", detail=f"needs {blocked[0]} from {unfinished[blocked[0]]}"))
             unfinished[stage.artifact] = stage.id

@@ -20,6 +20,7 @@ from blocks.profile_lookup import (
 )
 from blocks.profiles import LocalProfile
 from blocks.settings import ArtifactsConfig, WandbConfig
+from tasks.refs import follows_run, ref_name
 from tasks.job_config import COMMAND_LINE, JobConfig, Override, _has_key, build_job_config, find_config_file, load_yaml, parse_overrides
 from tasks.stages import Stage
 
@@ -176,18 +177,16 @@ def take_resolved(options: RunOptions, stages: Sequence[Stage]) -> ResolvedRun:
 def check_artifact_types(jobs: Sequence[JobConfig]) -> None:
     """An input made by an earlier stage of this run has the type the consumer's backend reads:
     a megatron pretrain's checkpoint_megatron cannot feed an hf SFT (mixing backends needs a convert)."""
-    made = {job.stage.artifact: job for job in jobs}
     for job in jobs:
         wanted = dict(job.stage.consumes)
-        for item in input_refs(job):
-            producer = made.get(item.artifact)
-            if producer is None or producer is job or producer.stage.produces == wanted[item.key]:
+        for key, producer in made_in_run(jobs, job).items():
+            if producer.stage.produces == wanted[key]:
                 continue
             raise ConfigError(
-                f"stage {job.stage.id} (backend {job.stage.backend}) reads {wanted[item.key]} from run.{item.key}, "
-                f"but {producer.stage.id} (backend {producer.stage.backend}) makes {item.artifact} a {producer.stage.produces}",
+                f"stage {job.stage.id} (backend {job.stage.backend}) reads {wanted[key]} from run.{key}, but "
+                f"{producer.stage.id} (backend {producer.stage.backend}) makes {producer.stage.artifact} a {producer.stage.produces}",
                 file=str(job.config_file),
-                key=f"run.{item.key}",
+                key=f"run.{key}",
                 hint="run both stages on the same backend (run.backend), or point the input at a matching artifact",
             )
 
@@ -201,6 +200,11 @@ class InputRef:
     artifact: str
     ref: str
 
+    @property
+    def follows_run(self) -> bool:
+        """Takes the version a stage of the same run makes (tasks.refs.follows_run)."""
+        return follows_run(self.ref)
+
 
 def input_refs(job: JobConfig) -> list[InputRef]:
     """The inputs the job's config names: `run.data: nano3-sft-data:latest` → nano3-sft-data."""
@@ -209,12 +213,19 @@ def input_refs(job: JobConfig) -> list[InputRef]:
     for key, _ in job.stage.consumes:
         ref = str(run_block.get(key) or "")
         if ref:
-            found.append(InputRef(key, ref.removeprefix("art://").split(":")[0], ref))
+            found.append(InputRef(key, ref_name(ref), ref))
     return found
 
 
+def made_in_run(jobs: Sequence[JobConfig], job: JobConfig) -> dict[str, JobConfig]:
+    """Input key of `job` → the job of `jobs` that makes what it reads (its latest version)."""
+    producers = {other.stage.artifact: other for other in jobs if other is not job}
+    return {item.key: producers[item.artifact] for item in input_refs(job)
+            if item.follows_run and item.artifact in producers}
+
+
 def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
-    """Every input is published or made by an earlier stage of this run, of the type the stage
+    """Every input is made by a stage of this run (made_in_run) or published, of the type the stage
     consumes, and intact (ArtifactStore.check_input: digests, JSONL records). A bad one stops the
     command here, before Prefect starts a flow or a scheduler gets a job that cannot start."""
     from flows.commands.options import command_for
@@ -225,11 +236,11 @@ def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
     from tasks.stages import STAGES
 
     producers = {stage.artifact: stage for stage in STAGES}
-    earlier: set[str] = set()
     for job in jobs:
         kinds = dict(job.stage.consumes)
+        made = made_in_run(jobs, job)
         for item in input_refs(job):
-            if item.artifact in earlier:
+            if item.key in made:
                 continue
             producer = producers.get(item.artifact)
             where = dict(file=str(job.config_file), key=f"run.{item.key}")
@@ -261,4 +272,3 @@ def check_inputs(jobs: Sequence[JobConfig], store: ArtifactStore) -> None:
         for source in data_sources(job, store):
             check_source(source, store, hashed=False)
         gate_config(job.recipe_config.get("run"), str(job.config_file), job.stage.consumes)
-        earlier.add(job.stage.artifact)

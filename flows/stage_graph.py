@@ -1,8 +1,9 @@
 """The selected stages as a graph: which stage waits for which, and how many run at once.
 
-A stage waits for the stages of this run that make what it reads as `:latest` (a pinned version
-or another alias, `production`, is read from the store whatever this run makes). The rest can
-run at the same time: the three data preps, SFT's data prep beside pretraining, and so on.
+A stage waits for the stages of this run that make the latest version of what it reads
+(flows.run_options.made_in_run; a pinned version or an alias such as `production` is read from
+the store whatever this run makes). The rest can run at the same time: the three data preps,
+SFT's data prep beside pretraining, and so on.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from blocks.errors import ConfigError
-from flows.run_options import input_refs
+from flows.run_options import made_in_run
 from tasks.job_config import COMMAND_LINE, JobConfig
 
 #: Executors whose jobs run on this machine, on its cores.
@@ -25,13 +26,8 @@ CORES_PER_LOCAL_JOB = 8
 
 def dependencies(jobs: Sequence[JobConfig]) -> dict[str, tuple[str, ...]]:
     """Stage id → the stages of `jobs` it waits for, in the jobs' order."""
-    producers = {job.stage.artifact: job.stage.id for job in jobs}
-    waits: dict[str, tuple[str, ...]] = {}
-    for job in jobs:
-        found = [producers[ref.artifact] for ref in input_refs(job)
-                 if ref.artifact in producers and ref.ref.endswith(":latest") and producers[ref.artifact] != job.stage.id]
-        waits[job.stage.id] = tuple(dict.fromkeys(found))
-    return waits
+    return {job.stage.id: tuple(dict.fromkeys(producer.stage.id for producer in made_in_run(jobs, job).values()))
+            for job in jobs}
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,10 @@ from blocks.settings import ArtifactsConfig
 from recipes.nano3.manifest import MANIFEST_NAME, Manifest, Report
 from recipes.nano3.outage import through_outages
 from recipes.nano3.runtime import ENDPOINT_VAR, JOB_LOCK, local_work_dir, scratch_path
+from tasks.refs import REF_PATTERN
 
 #: Artifact types whose .jsonl files are records, one JSON object per line (check_input).
 RECORD_TYPES = ("raw_jsonl", "training_jsonl")
-#: `name`, `name:latest`, `name:v3`, or `name:<alias>` (tasks.aliases: `production`).
-REF_PATTERN = re.compile(r"^(?:art://)?(?P<name>[A-Za-z0-9_.-]+)(?::(?P<version>latest|v\d+|[a-z][a-z0-9_-]{0,40}))?$")
 
 
 #: One move of an alias: `_registry/<name>/aliases/<alias>/m<N>.json` (tasks.aliases).

@@ -29,6 +29,7 @@ from recipes.nano3.runtime import PROGRESS_PREFIX
 from tasks.artifacts import NO_SPACE, ArtifactError, ArtifactStore, ArtifactVersion, StoreFull, no_space_left
 from tasks.cache_key import compute_cache_key
 from tasks.job_config import JobConfig
+from tasks.refs import follows_run, ref_name
 from tasks.submit import JobOutcome, submit_and_wait
 
 
@@ -82,8 +83,8 @@ def resolve_inputs(
                 continue
             raise ArtifactError(f"stage {job.stage.id}: config {job.config_file} sets no run.{name} ({kind} input)")
         optional = job.stage.may_be_absent(name)
-        made_here = produced.get(ref.removeprefix("art://").split(":")[0])
-        if made_here and ref.endswith(":latest"):
+        made_here = produced.get(ref_name(ref)) if follows_run(ref) else None
+        if made_here:
             found: ArtifactVersion | None = made_here
         else:
             found = store.find(ref, expected_type=kind) if optional else store.resolve(ref, expected_type=kind)

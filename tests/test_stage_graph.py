@@ -13,8 +13,10 @@ import pytest
 
 from blocks.errors import ConfigError
 from blocks.prefect_server import stop_local_servers
-from flows.run_options import RunOptions, resolve_run
+from flows.run_options import RunOptions, check_inputs, resolve_run
 from flows.stage_graph import CORES_PER_LOCAL_JOB, dependencies, parallelism
+from tasks.artifacts import ArtifactStore
+from tasks.refs import follows_run
 from tasks.stages import STAGES, STAGES_BY_ID
 from tests.conftest import run_cli, write_env
 
@@ -39,10 +41,25 @@ def test_each_stage_waits_for_the_stages_it_reads_latest_from(isolated: Path) ->
     }
 
 
-def test_a_pinned_input_is_read_from_the_store_without_waiting(isolated: Path) -> None:
-    jobs = list(resolve_run(RunOptions(config="tiny", overrides=("sft:run.model=nano3-pretrain-model:v3",)),
+@pytest.mark.parametrize(("ref", "waits"), [
+    ("nano3-pretrain-model:v3", False), ("nano3-pretrain-model:production", False),
+    ("nano3-pretrain-model", True), ("art://nano3-pretrain-model:latest", True),
+])
+def test_only_a_reference_to_the_latest_version_waits(isolated: Path, ref: str, waits: bool) -> None:
+    """A pinned version or an alias is read from the store; `name` is `name:latest` (the store reads
+    it so), so it waits for the stage that makes it, as resolve_inputs takes that stage's version."""
+    jobs = list(resolve_run(RunOptions(config="tiny", overrides=(f"sft:run.model={ref}",)),
                             [STAGES_BY_ID["pretrain"], STAGES_BY_ID["sft"]]).jobs)
-    assert dependencies(jobs)["sft"] == ()
+    assert ("pretrain" in dependencies(jobs)["sft"]) == waits
+    assert follows_run(ref) == waits
+
+
+def test_a_pinned_input_is_checked_in_the_store_even_when_the_run_makes_that_artifact(isolated: Path) -> None:
+    stages = [STAGES_BY_ID[s] for s in ("data_prep/pretrain", "data_prep/sft", "pretrain", "sft")]
+    jobs = resolve_run(RunOptions(config="tiny", overrides=("sft:run.model=nano3-pretrain-model:v3",)), stages).jobs
+    with pytest.raises(ConfigError, match=r"stage sft needs nano3-pretrain-model:v3") as error:
+        check_inputs(jobs, ArtifactStore(str(isolated / "store")))
+    assert error.value.key == "run.model"
 
 
 def test_how_many_at_once(isolated: Path) -> None:
