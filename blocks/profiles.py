@@ -107,6 +107,8 @@ class _Profile(BaseModel):
     job_outlives_submitter: ClassVar[bool] = True
     #: Whether its jobs run this checkout's code where it is, instead of a packaged copy.
     code_in_place: ClassVar[bool] = False
+    #: Whether its jobs share this machine's cores (so with each other), not an allocation of their own.
+    shares_this_machine: ClassVar[bool] = False
 
     @model_validator(mode="before")
     @classmethod
@@ -222,6 +224,7 @@ class LocalProfile(_Profile):
     kind: ClassVar[str] = "local"
     job_outlives_submitter: ClassVar[bool] = False
     code_in_place: ClassVar[bool] = True
+    shares_this_machine: ClassVar[bool] = True
     executor: Literal["local"] = "local"
     packager: PackagerKind = "none"
     nproc_per_node: int = Field(1, ge=1, validation_alias=AliasChoices("nproc_per_node", "ntasks_per_node"))
@@ -229,6 +232,7 @@ class LocalProfile(_Profile):
 
 class DockerProfile(_Profile, _ContainerFields):
     kind: ClassVar[str] = "docker"
+    shares_this_machine: ClassVar[bool] = True
     executor: Literal["docker"] = "docker"
     container_image: str | None = Field(
         None,

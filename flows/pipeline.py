@@ -57,14 +57,14 @@ def execute_stages(
     from are done (flows.stage_graph), at most `max_parallel` at once, in the jobs' order where
     several are ready. A failed stage skips the stages that need it; independent ones go on. The
     first failure is raised once nothing runs any more."""
-    from flows.stage_graph import parallelism
+    from flows.stage_graph import describe, parallelism
     from tasks.lineage import publish_run_lineage
     from tasks.stopping import stoppable_waits
 
     limit = parallelism(jobs, max_parallel)
     run = _GraphRun(jobs, store, wandb, limit.limit, get_run_logger().info)
     if len(jobs) > 1:
-        run.say(f"at most {limit.limit} stage(s) at once ({limit.reason})")
+        run.say("\n".join(describe(jobs, limit)))  # the order the dry-run shows
     with stoppable_waits() as ending:
         try:
             while run.start_ready():

@@ -16,8 +16,6 @@ from blocks.errors import ConfigError
 from flows.run_options import made_in_run
 from tasks.job_config import COMMAND_LINE, JobConfig
 
-#: Executors whose jobs run on this machine, on its cores.
-ON_THIS_MACHINE = ("local", "docker")
 #: Cores a local training job is given before a second one may start beside it: below this
 #: share, torch's threads of two jobs slow both more than running them one after the other
 #: (measured: 3 CI-sized runs at once on 2 cores took about 10 times as long as one).
@@ -44,7 +42,7 @@ def parallelism(jobs: Sequence[JobConfig], requested: int | None) -> Parallelism
         if requested < 1:
             raise ConfigError(f"--max-parallel must be at least 1, not {requested}", file=COMMAND_LINE, key="--max-parallel")
         return Parallelism(requested, "--max-parallel")
-    if any(job.profile.executor in ON_THIS_MACHINE for job in jobs):
+    if any(job.profile.shares_this_machine for job in jobs):
         cores = os.cpu_count() or 1
         limit = max(1, cores // CORES_PER_LOCAL_JOB)
         return Parallelism(limit, f"jobs on this machine: {cores} cores, {CORES_PER_LOCAL_JOB} per job; --max-parallel to change")

@@ -24,6 +24,7 @@ import yaml
 from blocks.executors import REDACTED, ExecutionTarget, build_executor, describe
 from tasks.job_config import JobConfig
 from tasks.stages import PROJECT_ROOT, RAY_CLUSTER_SCRIPT
+from tasks.thread_stdout import thread_stdout
 
 if TYPE_CHECKING:
     import nemo_run as run
@@ -178,7 +179,7 @@ def plan_submission(
     # packager marked "symlink from remote" is the one path on which its Slurm dry-run skips both.
     executor.packager = run.Packager(symlink_from_remote_dir=REMOTE_CODE_DIR)
     # NeMo-Run prints an "Entering Experiment" banner to stdout; the plan is our output, not it.
-    with _scratch_nemorun_home() as home, contextlib.redirect_stdout(io.StringIO()):
+    with _scratch_nemorun_home() as home, thread_stdout(io.StringIO()):
         with run.Experiment(f"nano3-{job.stage.slug}", executor=executor, log_level="ERROR") as exp:
             exp.add(recipe_task(job), name=job.stage.slug)
             exp.dryrun(log=False, delete_exp_dir=True)

@@ -22,6 +22,7 @@ from blocks.errors import ConfigError
 from tasks.artifacts import ArtifactStore, SubmissionRecord
 from tasks.stages import STAGES_BY_ID
 from tasks.step_catalog import COMMAND_LINE
+from tasks.thread_stdout import thread_stdout
 
 #: How long `logs --follow` waits between polls of a job's log and state.
 FOLLOW_SECONDS = 2.0
@@ -106,7 +107,7 @@ def open_experiment(record: SubmissionRecord) -> Any:
 
     follow_nemorun_home()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # NeMo-Run prints banners while loading
+        with thread_stdout(io.StringIO()):  # NeMo-Run prints banners while loading
             return run.Experiment.from_id(record.experiment_id)
     except AssertionError:
         raise ConfigError(
@@ -117,7 +118,7 @@ def open_experiment(record: SubmissionRecord) -> Any:
 
 def job_info(exp: Any) -> JobInfo:
     """The state of the experiment's one job, asked of its scheduler now."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    with thread_stdout(io.StringIO()):
         statuses = exp.status(return_dict=True) or {}
     if not statuses:
         return JobInfo("", "UNKNOWN", None, None, None)

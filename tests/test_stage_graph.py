@@ -14,7 +14,7 @@ import pytest
 from blocks.errors import ConfigError
 from blocks.prefect_server import stop_local_servers
 from flows.run_options import RunOptions, check_inputs, resolve_run
-from flows.stage_graph import CORES_PER_LOCAL_JOB, dependencies, parallelism
+from flows.stage_graph import dependencies, parallelism
 from tasks.artifacts import ArtifactStore
 from tasks.refs import follows_run
 from tasks.stages import STAGES, STAGES_BY_ID
@@ -62,12 +62,19 @@ def test_a_pinned_input_is_checked_in_the_store_even_when_the_run_makes_that_art
     assert error.value.key == "run.model"
 
 
-def test_how_many_at_once(isolated: Path) -> None:
-    write_env(isolated, '[cluster]\nexecutor = "slurm"\naccount = "a"\npartition = "p"\n')
+@pytest.mark.parametrize(("cores", "limit"), [(2, 1), (8, 1), (16, 2), (64, 8)])
+def test_jobs_on_this_machine_get_their_share_of_its_cores(isolated: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           cores: int, limit: int) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
     here = parallelism(jobs_for(), None)
-    assert here.limit == max(1, (os.cpu_count() or 1) // CORES_PER_LOCAL_JOB)
-    assert "cores" in here.reason
+    assert (here.limit, here.reason) == (limit, f"jobs on this machine: {cores} cores, 8 per job; --max-parallel to change")
+
+
+def test_how_many_at_once(isolated: Path) -> None:
+    write_env(isolated, '[cluster]\nexecutor = "slurm"\naccount = "a"\npartition = "p"\n'
+                        '[box]\nexecutor = "docker"\ncontainer_image = "nano3:1"\n')
     assert parallelism(jobs_for("cluster"), None).limit == len(STAGES)
+    assert parallelism(jobs_for("box"), None).reason.startswith("jobs on this machine")
     assert parallelism(jobs_for(), 3).limit == 3
     with pytest.raises(ConfigError, match="--max-parallel must be at least 1"):
         parallelism(jobs_for(), 0)
