@@ -65,9 +65,27 @@ def test_line_ranges_cover_every_line_once(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
     for parts in (1, 2, 3, 7, 41, 60):
         ranges = binidx.line_ranges(path, parts)
-        assert len(ranges) == parts and ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
+        # Two cuts in one line, or more parts than lines: no empty shard (each costs a file pair and a task).
+        assert all(b > a for a, b in ranges)
+        assert len(ranges) == parts if parts <= 7 else len(ranges) <= len(texts)
+        assert ranges[0][0] == 0 and ranges[-1][1] == path.stat().st_size
         read = [t for a, b in ranges for batch in binidx.text_batches(path, a, b, batch_bytes=100) for t in batch]
         assert read == texts, parts
+
+
+def test_fixed_size_cuts_survive_appended_text(tmp_path: Path) -> None:
+    """Shards of a fixed size are cut where the bytes before them say: more data at the end of the
+    file changes the last shard only, so the earlier ones keep their keys (and their encoding)."""
+    path = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"text": f"document {i} " + "x" * (i * 7 % 50)}) + "\n" for i in range(200)]
+    path.write_text("".join(lines[:150]))
+    before = binidx.line_ranges_every(path, 1000)
+    assert len(before) > 5 and all(b - a < 1000 + 80 for a, b in before)
+    path.write_text("".join(lines))
+    after = binidx.line_ranges_every(path, 1000)
+    assert after[: len(before) - 1] == before[:-1] and after[len(before) - 1][0] == before[-1][0]
+    read = [t for a, b in after for batch in binidx.text_batches(path, a, b) for t in batch]
+    assert read == [json.loads(line)["text"] for line in lines]
 
 
 def test_threads_and_processes_write_one_document_at_a_time_s_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -67,7 +67,7 @@ def test_recipe_tokenizer_is_proven_and_encodes_byte_identical(material, tmp_pat
 
 
 def test_shards_carry_the_fast_engine_to_workers(material, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Process pools and Ray tasks run `_encode_shard`: here in this process, without starting either."""
+    """Process pools and Ray tasks run `encode_shard`: here in this process, without starting either."""
     path, tok, expected = material
     monkeypatch.setattr(binidx, "MIN_SHARD_BYTES", 8 << 10)
     shard_dir = tmp_path / "shards"
@@ -75,11 +75,10 @@ def test_shards_carry_the_fast_engine_to_workers(material, tmp_path: Path, monke
     shards = binidx.plan_shards(path, tmp_path / "out", 2, shard_dir, "<eos>", 4 << 10, fast=True)
     assert len(shards) > 1 and all(s.fast for s in shards)
     binidx._worker_tokenizer.clear()
-    for shard in shards:
-        binidx._encode_shard(shard, tok.to_str())
+    encoded = [binidx.encode_shard(shard, tok.to_str()) for shard in shards]
     (_, engine), = binidx._worker_tokenizer.values()
     assert isinstance(engine, fast_bpe.FastBPE)
-    binidx.join_shards(shards, tmp_path / "out", binidx.token_dtype(tok.get_vocab_size()), shard_dir)
+    binidx.join_shards(encoded, tmp_path / "out", binidx.token_dtype(tok.get_vocab_size()), shard_dir)
     same_files(tmp_path / "out", expected)
     binidx._worker_tokenizer.clear()
 
@@ -144,3 +143,27 @@ def test_a_lone_surrogate_fails_as_with_hf(tmp_path: Path, material) -> None:
     for bpe in ("hf", "auto"):
         with pytest.raises(TypeError):
             binidx.encode(tok, path, tmp_path / bpe, eos="<eos>", workers=1, bpe=bpe)
+
+
+def test_a_finished_shard_is_reused_and_a_changed_one_encoded_again(material, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard's files are named by its bytes, the tokenizer and the end token: a job killed
+    halfway finds the shards it finished; a shard whose text changed is encoded again."""
+    path, tok, expected = material
+    monkeypatch.setattr(binidx, "MIN_SHARD_BYTES", 8 << 10)
+    shard_dir = tmp_path / "shards"
+    shard_dir.mkdir()
+    shards = binidx.plan_shards(path, tmp_path / "out", 2, shard_dir, "<eos>", 4 << 10)
+    first = [binidx.encode_shard(shard, tok.to_str()) for shard in shards[:2]]  # then "killed"
+    assert [s.reused for s in first] == [False, False]
+    (shard_dir / "stray.partial.bin").write_bytes(b"cut short")  # a crash mid-shard leaves only .partial files
+    again = [binidx.encode_shard(shard, tok.to_str()) for shard in shards]
+    assert [s.reused for s in again] == [True, True] + [False] * (len(shards) - 2)
+    assert [s.prefix for s in again[:2]] == [s.prefix for s in first]
+    binidx.join_shards(again, tmp_path / "out", binidx.token_dtype(tok.get_vocab_size()))
+    same_files(tmp_path / "out", expected)
+    # Another end-of-document token, or other bytes in a shard: another key, so not reused.
+    other_eos = binidx.encode_shard(binidx.Shard(**{**shards[0].__dict__, "eos": "<end>"}), tok.to_str())
+    assert not other_eos.reused and other_eos.prefix != again[0].prefix
+    assert binidx.shard_key(shards[1], tok.to_str()) != binidx.shard_key(shards[0], tok.to_str())
+    binidx._worker_tokenizer.clear()

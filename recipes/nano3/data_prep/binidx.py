@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import hashlib
 import json
 import math
 import multiprocessing
@@ -210,14 +211,27 @@ def text_batches(path: Path, start: int = 0, end: int | None = None, batch_bytes
 def line_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
     """`parts` byte ranges of about equal size, each starting at a line: shards in input order."""
     size = path.stat().st_size
+    return _cut_at_lines(path, [size * i // parts for i in range(1, parts)])
+
+
+def line_ranges_every(path: Path, shard_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of about `shard_bytes`, each starting at a line. The cuts depend on the bytes
+    before them only: text appended to the file leaves every earlier shard as it was."""
+    size = path.stat().st_size
+    return _cut_at_lines(path, list(range(shard_bytes, size, shard_bytes)))
+
+
+def _cut_at_lines(path: Path, offsets: list[int]) -> list[tuple[int, int]]:
+    """Each offset moved to the start of the line after the byte before it; empty ranges dropped."""
+    size = path.stat().st_size
     cuts = [0]
     with open(path, "rb") as handle:
-        for i in range(1, parts):
-            handle.seek(max(size * i // parts - 1, cuts[-1]))
+        for offset in offsets:
+            handle.seek(max(offset - 1, cuts[-1]))
             handle.readline()  # to the start of the next line
             cuts.append(max(min(handle.tell(), size), cuts[-1]))
     cuts.append(size)
-    return [(a, b) for a, b in zip(cuts, cuts[1:])]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a or len(cuts) == 2]
 
 
 # --- one shard ---------------------------------------------------------------------------------
@@ -318,6 +332,21 @@ class Shard:
     fast: bool = False  # the fast BPE engine, proven in the process that planned the shards
 
 
+#: Part of every shard's key: a change to the bytes a shard's encoding writes for the same input
+#: must change it, so that shard files of an older version of this code are not reused.
+SHARD_FORMAT = "binidx-shard-1"
+
+
+@dataclass(frozen=True)
+class EncodedShard:
+    """A shard's finished .bin/.idx pair: `<prefix>.bin`, `<prefix>.idx`."""
+
+    prefix: str
+    counts: Counts
+    #: Finished by an earlier run (same bytes, tokenizer and end-of-document token): not encoded again.
+    reused: bool
+
+
 #: The tokenizer of this worker process (and its fast engine), built once for all the shards it encodes.
 _worker_tokenizer: dict[tuple[str, bool], tuple[Tokenizer, fast_bpe.FastBPE | None]] = {}
 
@@ -332,27 +361,72 @@ def _use_tokenizer(tokenizer_json: str, fast: bool = False) -> tuple[Tokenizer, 
     return _worker_tokenizer[tokenizer_json, fast]
 
 
-def _encode_shard(shard: Shard, tokenizer_json: str | None = None) -> Counts:
-    tok, fast = _use_tokenizer(tokenizer_json, shard.fast) if tokenizer_json else next(iter(_worker_tokenizer.values()))
-    return encode_range(tok, Path(shard.path), shard.prefix, eos=shard.eos, start=shard.start, end=shard.end,
-                        threads=shard.threads, batch_bytes=shard.batch_bytes, fast=fast)
+def shard_key(shard: Shard, tokenizer_json: str) -> str:
+    """What a shard's files depend on: its bytes, the tokenizer and the end-of-document token (not
+    where the shard lies in the file, nor the BPE engine, which gives HF tokenizers' ids or is not used)."""
+    digest = hashlib.sha256()
+    for part in (SHARD_FORMAT, hashlib.sha256(tokenizer_json.encode()).hexdigest(), shard.eos):
+        digest.update(part.encode() + b"\0")
+    with open(shard.path, "rb") as handle:
+        handle.seek(shard.start)
+        left = shard.end - shard.start
+        while left > 0 and (chunk := handle.read(min(left, 16 << 20))):
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def finished_shard(prefix: str) -> Counts | None:
+    """The counts of a shard pair under `prefix`, None unless both files are there (.idx is renamed last)."""
+    if not (os.path.isfile(prefix + ".idx") and os.path.isfile(prefix + ".bin")):
+        return None
+    _, lengths = read_lengths(prefix + ".idx")
+    return Counts(len(lengths), int(lengths.sum(dtype=np.int64)))
+
+
+def encode_shard(shard: Shard, tokenizer_json: str | None = None) -> EncodedShard:
+    """Encode one shard into `<shard.prefix>.<key>.bin/.idx`, or reuse that pair if an earlier run
+    finished it: a job killed halfway encodes again only the shards it had not finished.
+
+    Written under a `.partial` name and renamed, the .idx last, so a pair is whole or absent.
+    Without `tokenizer_json`, the tokenizer this worker process was started with.
+    """
+    if tokenizer_json is None:
+        (tokenizer_json, _), = _worker_tokenizer
+    tok, fast = _use_tokenizer(tokenizer_json, shard.fast)
+    prefix = f"{shard.prefix}.{shard_key(shard, tokenizer_json)[:32]}"
+    if (counts := finished_shard(prefix)) is not None:
+        return EncodedShard(prefix, counts, reused=True)
+    partial = prefix + ".partial"
+    counts = encode_range(tok, Path(shard.path), partial, eos=shard.eos, start=shard.start, end=shard.end,
+                          threads=shard.threads, batch_bytes=shard.batch_bytes, fast=fast)
+    os.replace(partial + ".bin", prefix + ".bin")
+    os.replace(partial + ".idx", prefix + ".idx")
+    return EncodedShard(prefix, counts, reused=False)
+
+
+def shard_count(path: Path, workers: int) -> int:
+    """SHARDS_PER_WORKER shards per worker, none under MIN_SHARD_BYTES."""
+    return max(1, min(workers * SHARDS_PER_WORKER, math.ceil(path.stat().st_size / MIN_SHARD_BYTES)))
 
 
 def plan_shards(path: Path, prefix: Path | str, workers: int, shard_dir: Path, eos: str, batch_bytes: int,
-                threads: int = 1, fast: bool = False) -> list[Shard]:
-    """SHARDS_PER_WORKER shards per worker, none under MIN_SHARD_BYTES, in input order."""
-    count = max(1, min(workers * SHARDS_PER_WORKER, math.ceil(path.stat().st_size / MIN_SHARD_BYTES)))
+                threads: int = 1, fast: bool = False, ranges: list[tuple[int, int]] | None = None) -> list[Shard]:
+    """The shards of `path` in input order: `ranges`, else `shard_count(path, workers)` of about equal size."""
     name = Path(prefix).name
+    ranges = ranges if ranges is not None else line_ranges(path, shard_count(path, workers))
     return [Shard(str(path), a, b, str(shard_dir / f"{name}.{i:05d}"), eos, batch_bytes, threads, fast)
-            for i, (a, b) in enumerate(line_ranges(path, count))]
+            for i, (a, b) in enumerate(ranges)]
 
 
-def join_shards(shards: list[Shard], prefix: Path | str, dtype: np.dtype, shard_dir: Path) -> Counts:
+def join_shards(encoded: list[EncodedShard], prefix: Path | str, dtype: np.dtype, shard_dir: Path | None = None) -> Counts:
+    """Concatenate the shards' pairs in the order given; then remove `shard_dir` where one is given."""
     writer = IndexedDatasetWriter(prefix, dtype)
-    for shard in shards:
+    for shard in encoded:
         writer.add_shard(shard.prefix)
     counts = writer.finish()
-    shutil.rmtree(shard_dir, ignore_errors=True)
+    if shard_dir is not None:
+        shutil.rmtree(shard_dir, ignore_errors=True)
     return counts
 
 
@@ -382,12 +456,14 @@ def encode_with_processes(
     documents = tokens = 0
     # spawn, not fork: this process may hold the tokenizer's threads (it may have just trained it).
     context = multiprocessing.get_context("spawn")
+    encoded = []
     with context.Pool(min(processes, len(shards)), initializer=_use_tokenizer,
                       initargs=(tok.to_str(), fast is not None)) as pool:
-        for counts in pool.imap(_encode_shard, shards):
-            documents, tokens = documents + counts.documents, tokens + counts.tokens
+        for shard in pool.imap(encode_shard, shards):
+            encoded.append(shard)
+            documents, tokens = documents + shard.counts.documents, tokens + shard.counts.tokens
             on_progress(documents, tokens)
-    return join_shards(shards, prefix, token_dtype(tok.get_vocab_size()), shard_dir)
+    return join_shards(encoded, prefix, token_dtype(tok.get_vocab_size()), shard_dir)
 
 
 @contextlib.contextmanager
@@ -432,15 +508,16 @@ def encode_with_ray(
     shard_dir.mkdir(parents=True, exist_ok=True)
     documents = tokens = 0
     with ray_cluster(workers):
-        encode_shard = ray.remote(num_cpus=1, max_retries=2)(_encode_shard)
+        remote = ray.remote(num_cpus=1, max_retries=2)(encode_shard)
         tokenizer_json = ray.put(tok.to_str())
-        pending = [encode_shard.remote(shard, tokenizer_json) for shard in shards]
+        order = [remote.remote(shard, tokenizer_json) for shard in shards]
+        done, pending = {}, list(order)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            counts = ray.get(ready[0])
-            documents, tokens = documents + counts.documents, tokens + counts.tokens
+            shard = done[ready[0]] = ray.get(ready[0])
+            documents, tokens = documents + shard.counts.documents, tokens + shard.counts.tokens
             on_progress(documents, tokens)
-    return join_shards(shards, prefix, token_dtype(tok.get_vocab_size()), shard_dir)
+    return join_shards([done[ref] for ref in order], prefix, token_dtype(tok.get_vocab_size()), shard_dir)
 
 
 def encode(

@@ -12,7 +12,8 @@ after the newest and only re-encodes, which is deterministic: same config, same 
 
 Encoding (binidx.py) uses `encode.workers` cores (all of them by default): threads in this
 process, more processes beyond a few cores, or, with `encode.engine: ray`, Ray tasks over shards
-joined in order: the same bytes either way.
+joined in order: the same bytes either way. Shards are files under work_dir named by their bytes
+and the tokenizer, so a job killed while encoding encodes again only the shards it had not finished.
 """
 
 from __future__ import annotations
