@@ -118,6 +118,41 @@ def use_local_server() -> LocalServer | None:
     return server
 
 
+@contextlib.contextmanager
+def api_for_workers() -> Iterator[str]:
+    """This command's Prefect API as a URL the processes it starts can report to (Ray's workers run
+    Prefect tasks). A configured or local server's URL is known; Prefect's temporary server (local
+    server turned off) is started here rather than on first use, for the length of the block, so
+    that its URL is known before the workers start: each would start a server of its own else."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    use_local_server()
+    settings = get_current_settings()
+    if settings.api.url:
+        yield settings.api.url
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=settings.server.ephemeral.startup_timeout_seconds)
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+            _send_queued()
+    finally:
+        server.stop()
+
+
+def _send_queued() -> None:
+    """Send the logs and events still queued to the server before it stops; after, each would be
+    retried against a closed port for a minute or more at exit."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=30)
+
+
 def stop_local_servers(home: Path, timeout: float = 60.0) -> list[str]:
     """Stop every local server under `home` (a PREFECT_HOME): the URLs they served. The next
     command starts a new one; a command using one waits for its stop, then starts another."""
