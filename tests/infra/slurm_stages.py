@@ -18,22 +18,27 @@ from tasks.stages import PROJECT_ROOT, Stage
 from tests.test_stage_task import CONSUME, PRODUCE
 
 
-def slurm_profile(job_dir: Path, **fields: object):  # noqa: ANN201 - SlurmProfile
-    """The profile a user of the local cluster writes (docs/local-infrastructure.md), shipping
-    the toy recipes beside the real ones."""
+def slurm_section(job_dir: Path | None, **fields: object) -> dict[str, object]:
+    """The env.toml section a user of the local cluster writes (docs/local-infrastructure.md),
+    shipping the toy recipes beside the real ones. Without `job_dir`, NeMo-Run's home's
+    experiments folder (what a user of several NeMo-Run homes leaves unset)."""
     section = {
         "executor": "slurm",
         "tunnel": "local",
         "account": "root",
         "partition": "debug",
-        "job_dir": str(job_dir),
+        **({"job_dir": str(job_dir)} if job_dir is not None else {}),
         "time": "00:10:00",
         "packager": "pattern",
         "include_pattern": [str(PROJECT_ROOT / "recipes"), str(PROJECT_ROOT / "tests" / "toy_recipes")],
         "relative_path": [str(PROJECT_ROOT), str(PROJECT_ROOT)],
         **fields,
     }
-    return parse_profile(section, file="env.toml", section="local-slurm")
+    return section
+
+
+def slurm_profile(job_dir: Path, **fields: object):  # noqa: ANN201 - SlurmProfile
+    return parse_profile(slurm_section(job_dir, **fields), file="env.toml", section="local-slurm")
 
 
 def slurm_job(stage: Stage, job_dir: Path, *overrides: str, **profile_fields: object) -> JobConfig:
@@ -53,7 +58,7 @@ def main() -> None:
     slurm_toy_flow([slurm_job(PRODUCE, Path(job_dir), *overrides)], ArtifactStore(store))
 
 
-__all__ = ["CONSUME", "PRODUCE", "slurm_job", "slurm_profile", "slurm_toy_flow"]
+__all__ = ["CONSUME", "PRODUCE", "slurm_job", "slurm_profile", "slurm_section", "slurm_toy_flow"]
 
 if __name__ == "__main__":
     main()
