@@ -65,6 +65,8 @@ def one_run(root: Path, size: list[str], parallel: int, extra: list[str]) -> Gra
     root.mkdir(parents=True)
     (root / "home").mkdir()
     env = dict(environment(root), PYTHONPATH=str(PROJECT), NANO3_LOCAL_SERVER_IDLE_MINUTES="5")
+    if os.environ.get("NEMOTRON_ENV_FILE"):  # the profiles of `-r PROFILE` (the runs' folders have no env.toml)
+        env["NEMOTRON_ENV_FILE"] = os.environ["NEMOTRON_ENV_FILE"]
     log = root / "flow.log"
     try:
         timing = timed([sys.executable, "-m", "flows.nano3", *size, *extra, "--max-parallel", str(parallel)],

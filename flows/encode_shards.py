@@ -119,8 +119,6 @@ def encode_corpus(input: str, tokenizer: str, output_prefix: str, shard_dir: str
     logger = get_run_logger()
     path, folder = Path(input), Path(shard_dir)
     tok = Tokenizer.from_file(tokenizer)
-    if tok.token_to_id(eos) is None:
-        raise ValueError(f"the tokenizer {tokenizer} has no token {eos!r} to end documents with")
     fast = binidx.select_bpe(tok, path, bpe)  # proven once here; every shard task uses the choice
     folder.mkdir(parents=True, exist_ok=True)
     shards = binidx.plan_shards(path, output_prefix, 1, folder, eos, binidx.BATCH_BYTES, fast=fast is not None,
@@ -152,16 +150,16 @@ def run_encode(input: Path, tokenizer: Path, output_prefix: str, *, shard_mb: fl
                shard_dir: Path | None = None, ray_address: str | None = None, workers: int | None = None,
                eos: str = "<eos>", bpe: str = "auto") -> EncodeSummary:
     """The flow on a Ray task runner whose workers report to this command's Prefect API."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
     from blocks.prefect_server import api_for_workers
 
     # Absolute: Ray's workers run in folders of their own.
     prefix = os.path.abspath(output_prefix)
     folder = Path(shard_dir or f"{prefix}.shards").absolute()
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-
-    # The flow's result store goes to its tasks on Ray: the records beside the shard files.
     if ray_address:
         check_reachable(ray_address)
+    # The flow's result store goes to its tasks on Ray: the records beside the shard files.
     with api_for_workers() as api_url, temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: records_folder(folder)}):
         runner = ray_runner(ray_address, workers, api_url)
         return encode_corpus.with_options(task_runner=runner)(

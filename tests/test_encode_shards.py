@@ -115,6 +115,13 @@ def test_each_shard_is_a_prefect_task_run_on_ray_and_the_bytes_are_the_single_pr
         assert set(shard_states(url, last_flow_run(url)).values()) == {"Cached"}
         same_bytes(work / "out", expected)
 
+        # A shard's files removed by hand, Prefect's record of it kept: that shard is encoded again.
+        for removed in sorted((work / "out.shards").glob("out.00003.*"))[:2]:
+            removed.unlink()
+        mended = run_cli(encode_args(path, tokenizer_file, work / "out", "--workers", "2"), work, env=env, module="flows.cli")
+        assert mended.code == 0 and said(mended.stdout, total, 1), mended.stdout + mended.stderr[-2000:]
+        same_bytes(work / "out", expected)
+
         # Text appended: the shards before it keep their cuts and keys; only the last and the new ones run.
         grown = tmp_path / "grown.jsonl"
         grown.write_bytes(path.read_bytes())

@@ -75,6 +75,7 @@ def probe(api_url: str, load: Load, stop: threading.Event) -> None:
 def run_load(root: Path, api_url: str, slurm_env: dict[str, str], *, distinct: int = 10, pairs: int = 5,
              timeout: float = 1500) -> Load:
     """Starts every run at once, waits for all, with the API probed meanwhile."""
+    root.mkdir(parents=True, exist_ok=True)
     env_file = root / "env.toml"
     # Each run's jobs in its own NeMo-Run home: with the local tunnel, sbatch reads the script there.
     env_file.write_text(render_env_toml({PROFILE: slurm_section(None)}))
