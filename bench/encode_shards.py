@@ -35,6 +35,7 @@ sys.path.insert(0, str(PROJECT))
 
 from bench.orchestration import environment, timed  # noqa: E402
 from blocks.prefect_server import stop_local_servers  # noqa: E402
+from tests.processes import session_members  # noqa: E402
 
 WORDS = ["the", "model", "data", "shard", "ray", "prefect", "token", "12", "naïve", "日本", "\n", "😀", "  "]
 SUMMARY = re.compile(r"(\d+) shards, (\d+) encoded now")
@@ -70,18 +71,6 @@ def encoded_now(log: Path) -> tuple[int, int]:
         raise SystemExit(f"no summary line in {log}")
     shards, encoded = found[-1]
     return int(shards), int(encoded)
-
-
-def session_members(sid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 def killed_at(fraction: float, argv: list[str], shard_dir: Path, total: int, env: dict[str, str], log: Path) -> int:

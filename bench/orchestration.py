@@ -119,7 +119,7 @@ class Repetition:
 def environment(root: Path) -> dict[str, str]:
     env = dict(os.environ, HOME=str(root / "home"), PREFECT_HOME=str(root / "home" / ".prefect"),
                NANO3_ARTIFACTS_ROOT=str(root / "store"), NANO3_SCRATCH=str(root / "scratch"), WANDB_MODE="offline",
-               NEMORUN_HOME=str(root / "nemo_run"), PYTHONUNBUFFERED="1")
+               NEMORUN_HOME=str(root / "nemorun"), PYTHONUNBUFFERED="1")
     for name in ("PREFECT_API_URL", "NEMOTRON_ENV_FILE", "PYTHONDONTWRITEBYTECODE"):
         env.pop(name, None)
     return env
@@ -150,7 +150,7 @@ def compile_bytecode() -> None:
 
 def submissions(root: Path) -> set[str]:
     """NeMo-Run experiment folders plus submission records: each submission adds to both."""
-    experiments = {p.name for p in (root / "nemo_run" / "experiments").glob("*/*")}
+    experiments = {p.name for p in (root / "nemorun" / "experiments").glob("*/*")}
     records = {f"{p.name}@{p.stat().st_mtime_ns}" for p in (root / "store" / "_runs").glob("*.json")}
     return experiments | records
 

@@ -24,6 +24,7 @@ import pytest
 from blocks.prefect_server import stop_local_servers
 from recipes.nano3.data_prep import binidx, tokenizer
 from tests.conftest import run_cli
+from tests.processes import session_members
 
 SHARD_MB = 0.5
 WORDS = ["the", "model", "data", "shard", "ray", "prefect", "token", "12", "naïve", "日本", "\n", "😀", "  "]
@@ -133,18 +134,6 @@ def test_each_shard_is_a_prefect_task_run_on_ray_and_the_bytes_are_the_single_pr
         same_bytes(work / "out", single_process(grown, tokenizer_file, tmp_path / "grown"))
     finally:
         stop_local_servers(tmp_path / "home" / ".prefect")
-
-
-def session_members(sid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 @pytest.mark.timeout(900)
