@@ -125,8 +125,10 @@ def encode(
         raise ConfigError(f"no tokenizer file {tokenizer_file}", file=COMMAND_LINE, key="--tokenizer")
     if shard_mb <= 0:
         raise ConfigError(f"must be above 0, got {shard_mb}", file=COMMAND_LINE, key="--shard-mb")
-    if bpe not in ("auto", "hf"):
-        raise ConfigError(f"must be auto or hf, got {bpe!r}", file=COMMAND_LINE, key="--bpe")
+    from recipes.nano3.data_prep.binidx import BPE_ENGINES
+
+    if bpe not in BPE_ENGINES:
+        raise ConfigError(f"must be one of {', '.join(BPE_ENGINES)}, got {bpe!r}", file=COMMAND_LINE, key="--bpe")
     if workers is not None and workers < 1:
         raise ConfigError(f"must be 1 or more, got {workers}", file=COMMAND_LINE, key="--workers")
     if ray_address and workers is not None:

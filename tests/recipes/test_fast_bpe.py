@@ -166,4 +166,7 @@ def test_a_finished_shard_is_reused_and_a_changed_one_encoded_again(material, tm
     other_eos = binidx.encode_shard(binidx.Shard(**{**shards[0].__dict__, "eos": "<end>"}), tok.to_str())
     assert not other_eos.reused and other_eos.prefix != again[0].prefix
     assert binidx.shard_key(shards[1], tok.to_str()) != binidx.shard_key(shards[0], tok.to_str())
+    # Edited encoding code (or another tokenizers version): the finished shards are not reused.
+    monkeypatch.setattr(binidx, "encoder_digest", lambda: "another version of the encoder")
+    assert not binidx.encode_shard(shards[0], tok.to_str()).reused
     binidx._worker_tokenizer.clear()

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -332,9 +333,19 @@ class Shard:
     fast: bool = False  # the fast BPE engine, proven in the process that planned the shards
 
 
-#: Part of every shard's key: a change to the bytes a shard's encoding writes for the same input
-#: must change it, so that shard files of an older version of this code are not reused.
-SHARD_FORMAT = "binidx-shard-1"
+@functools.cache
+def encoder_digest() -> str:
+    """Part of every shard's key: the code that writes a shard (this module, the fast BPE engine)
+    and the tokenizer libraries' versions. Shard files kept from before an upgrade or an edit of
+    that code are not reused (the pipeline's stage gets a new work folder then anyway; the
+    `data encode` command's shard folder does not)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    digest = hashlib.sha256(Path(__file__).read_bytes() + Path(fast_bpe.__file__).read_bytes())
+    for package in ("tokenizers", "tiktoken"):
+        with contextlib.suppress(PackageNotFoundError):
+            digest.update(f"{package}=={version(package)}".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -362,10 +373,11 @@ def _use_tokenizer(tokenizer_json: str, fast: bool = False) -> tuple[Tokenizer, 
 
 
 def shard_key(shard: Shard, tokenizer_json: str) -> str:
-    """What a shard's files depend on: its bytes, the tokenizer and the end-of-document token (not
-    where the shard lies in the file, nor the BPE engine, which gives HF tokenizers' ids or is not used)."""
+    """What a shard's files depend on: its bytes, the tokenizer, the end-of-document token and the
+    encoding code; not where the shard lies in the file, nor the BPE engine (the fast one gives
+    HF tokenizers' ids or is not used)."""
     digest = hashlib.sha256()
-    for part in (SHARD_FORMAT, hashlib.sha256(tokenizer_json.encode()).hexdigest(), shard.eos):
+    for part in (encoder_digest(), hashlib.sha256(tokenizer_json.encode()).hexdigest(), shard.eos):
         digest.update(part.encode() + b"\0")
     with open(shard.path, "rb") as handle:
         handle.seek(shard.start)
