@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import CachePolicy
+from prefect.transactions import get_transaction
 
 from recipes.nano3.data_prep import binidx
 
@@ -25,11 +26,16 @@ def _tokenizer_json(path: str) -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
+#: Before the shard's key in Prefect's cache key.
+KEY_PREFIX = "nano3-shard-"
+
+
 class ShardCachePolicy(CachePolicy):
-    """The shard's key (binidx.shard_key): its bytes, the tokenizer's JSON, the end-of-document token."""
+    """The shard's key (binidx.shard_key): its bytes, the tokenizer's JSON, the end-of-document
+    token, the encoding code."""
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
-        return "nano3-shard-" + binidx.shard_key(inputs["shard"], _tokenizer_json(inputs["tokenizer"]))
+        return KEY_PREFIX + binidx.shard_key(inputs["shard"], _tokenizer_json(inputs["tokenizer"]))
 
 
 def records_folder(shard_dir: Path) -> Path:
@@ -40,5 +46,9 @@ def records_folder(shard_dir: Path) -> Path:
 @task(name="encode-shard", task_run_name="shard {index} of {total}", cache_policy=ShardCachePolicy(),
       persist_result=True, retries=1)
 def encode_shard(shard: binidx.Shard, tokenizer: str, index: int, total: int) -> binidx.EncodedShard:
-    """`tokenizer`: the path of its JSON file, which the Ray workers read (they see the input too)."""
-    return binidx.encode_shard(shard, _tokenizer_json(tokenizer))
+    """`tokenizer`: the path of its JSON file, which the Ray workers read (they see the input too).
+    The key the cache policy computed (the run's transaction key) names the files: the shard's
+    bytes are read and hashed once, not again here."""
+    transaction = get_transaction()
+    key = transaction.key.removeprefix(KEY_PREFIX) if transaction is not None and transaction.key else None
+    return binidx.encode_shard(shard, _tokenizer_json(tokenizer), key=key)

@@ -396,17 +396,18 @@ def finished_shard(prefix: str) -> Counts | None:
     return Counts(len(lengths), int(lengths.sum(dtype=np.int64)))
 
 
-def encode_shard(shard: Shard, tokenizer_json: str | None = None) -> EncodedShard:
+def encode_shard(shard: Shard, tokenizer_json: str | None = None, key: str | None = None) -> EncodedShard:
     """Encode one shard into `<shard.prefix>.<key>.bin/.idx`, or reuse that pair if an earlier run
     finished it: a job killed halfway encodes again only the shards it had not finished.
 
     Written under a `.partial` name and renamed, the .idx last, so a pair is whole or absent.
-    Without `tokenizer_json`, the tokenizer this worker process was started with.
+    Without `tokenizer_json`, the tokenizer this worker process was started with; `key`: the
+    shard's `shard_key` where the caller has it already (it reads the shard's bytes once more).
     """
     if tokenizer_json is None:
         (tokenizer_json, _), = _worker_tokenizer
     tok, fast = _use_tokenizer(tokenizer_json, shard.fast)
-    prefix = f"{shard.prefix}.{shard_key(shard, tokenizer_json)[:32]}"
+    prefix = f"{shard.prefix}.{(key or shard_key(shard, tokenizer_json))[:32]}"
     if (counts := finished_shard(prefix)) is not None:
         return EncodedShard(prefix, counts, reused=True)
     partial = prefix + ".partial"
