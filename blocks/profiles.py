@@ -109,6 +109,15 @@ class _Profile(BaseModel):
     code_in_place: ClassVar[bool] = False
     #: Whether its jobs share this machine's cores (so with each other), not an allocation of their own.
     shares_this_machine: ClassVar[bool] = False
+    #: NeMo-Run's Ray job class for this executor that runs `ray` stages (tasks.ray_jobs), if any.
+    ray_job: ClassVar[str | None] = None
+    #: Why a `ray` stage cannot be one of NeMo-Run's Ray jobs here, so runs
+    #: recipes/nano3/ray_cluster.py on every node instead.
+    ray_job_gap_reason: ClassVar[str] = "NeMo-Run has no Ray job this executor can run"
+
+    def ray_job_gap(self) -> str | None:
+        """None where NeMo-Run's Ray job for this executor can run a `ray` stage, else why not."""
+        return None if self.ray_job else self.ray_job_gap_reason
 
     @model_validator(mode="before")
     @classmethod
@@ -222,6 +231,7 @@ class LocalProfile(_Profile):
     """This machine. torchrun starts `nproc_per_node` processes when it is above 1."""
 
     kind: ClassVar[str] = "local"
+    ray_job_gap_reason: ClassVar[str] = "one machine: the script starts Ray itself"
     job_outlives_submitter: ClassVar[bool] = False
     code_in_place: ClassVar[bool] = True
     shares_this_machine: ClassVar[bool] = True
@@ -232,6 +242,7 @@ class LocalProfile(_Profile):
 
 class DockerProfile(_Profile, _ContainerFields):
     kind: ClassVar[str] = "docker"
+    ray_job_gap_reason: ClassVar[str] = "one machine: the script starts Ray itself"
     shares_this_machine: ClassVar[bool] = True
     executor: Literal["docker"] = "docker"
     container_image: str | None = Field(
@@ -264,6 +275,13 @@ class SSHTunnelFields(BaseModel):
 
 class SlurmProfile(_Profile, _ContainerFields, SSHTunnelFields):
     kind: ClassVar[str] = "slurm"
+    ray_job: ClassVar[str | None] = "SlurmRayJob"
+
+    def ray_job_gap(self) -> str | None:
+        """NeMo-Run's ray.sub (SlurmRayJob) gives every srun pyxis's --container-* options: a
+        Slurm without pyxis rejects them ("srun: unrecognized option") before Ray starts."""
+        return None if self.container_image else "no container_image, and NeMo-Run's ray.sub needs pyxis"
+
     executor: Literal["slurm"] = "slurm"
     account: str | None = Field(None, description="Unset, no --account: Slurm charges the user's default account.")
     partition: str | None = None
@@ -354,6 +372,12 @@ class SlurmProfile(_Profile, _ContainerFields, SSHTunnelFields):
 
 class DGXCloudProfile(_Profile, _ContainerFields):
     kind: ClassVar[str] = "dgxcloud"
+    ray_job: ClassVar[str | None] = "DGXCloudRayJob"
+
+    def ray_job_gap(self) -> str | None:
+        """NeMo-Run asks for a one-node workload's state at /workloads/trainings, where a
+        DGXCloudRayJob (always a distributed workload) is not: one node starts Ray in the script."""
+        return None if self.nodes > 1 else "one node: the script starts Ray itself"
     executor: Literal["dgxcloud"] = "dgxcloud"
     base_url: str
     kube_apiserver_url: str | None = Field(
@@ -410,6 +434,9 @@ class LeptonMount(BaseModel):
 
 class LeptonProfile(_Profile, _ContainerFields):
     kind: ClassVar[str] = "lepton"
+    # LeptonRayJob creates a RayCluster of the executor's nodes when none of its name exists,
+    # submits through Ray's job API, and never deletes it: the nodes stay held after the stage.
+    ray_job_gap_reason: ClassVar[str] = "LeptonRayJob leaves its RayCluster running"
     executor: Literal["lepton"] = "lepton"
     container_image: str | None = Field(
         None,

@@ -99,6 +99,9 @@ class SubmissionRecord(BaseModel):
     job_id: str | None = None
     submitted: str
     attempt: int = 1
+    #: A NeMo-Run Ray job (tasks.ray_jobs): its class (SlurmRayJob, DGXCloudRayJob); `experiment_id`
+    #: is then the job's name, `job_id` the Slurm job or DGX Cloud workload. None for an Experiment.
+    ray_job: str | None = None
 
 
 def _now() -> str:

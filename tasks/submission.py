@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from blocks.executors import REDACTED, ExecutionTarget, build_executor, describe
+from tasks import ray_jobs
 from tasks.job_config import JobConfig
 from tasks.stages import PROJECT_ROOT, RAY_CLUSTER_SCRIPT
 from tasks.thread_stdout import thread_stdout
@@ -55,8 +56,9 @@ def config_path_in_job(job: JobConfig) -> str:
 def recipe_task(job: JobConfig, config_path: str | None = None) -> run.Script:
     """The NeMo-Run task: `python <recipe script> --config <resolved config>`.
 
-    A `ray` stage runs one task per node, `python ray_cluster.py --nodes N <recipe script> --config …`:
-    the node count is the job's own, so the script waits for exactly the nodes the scheduler gave.
+    A `ray` stage that is not a NeMo-Run Ray job (tasks.ray_jobs says where and why) runs one task
+    per node, `python ray_cluster.py --nodes N <recipe script> --config …`: the node count is the
+    job's own, so the script waits for exactly the nodes the scheduler gave.
     """
     import nemo_run as run
 
@@ -174,6 +176,12 @@ def plan_submission(
     target = job_target(job, store=store, wandb=wandb, detached=detached, reveal_secrets=False)
     executor = build_executor(target)
     view = describe(executor)
+    if ray_jobs.uses_ray_job(job):
+        text = ray_jobs.plan_text(job, executor, config_path_in_job(job))
+        view = describe(executor)  # with what the Ray job adds (CPUS_PER_WORKER)
+        added = job_secret_env(store, wandb)
+        text = redact(text, job.profile.secrets() + [added[name] for name in SECRET_ENV_NAMES if name in added])
+        return SubmissionPlan(job=job, detached=detached, submission=text, executor=view)
     # Packaging is not part of the submission text, and NeMo-Run's dry-run would really do it
     # (`git archive`, and for Slurm a `mkdir -p <job_dir>/code` on this machine). A passthrough
     # packager marked "symlink from remote" is the one path on which its Slurm dry-run skips both.
@@ -201,6 +209,8 @@ def render_plan(plan: SubmissionPlan) -> str:
         "profile_origin": plan.job.profile_origin,
         "mode": "detached (--batch)" if plan.detached else "attached (--run)",
     }
+    if (ray := ray_jobs.how_ray_runs(plan.job)) is not None:
+        header["ray"] = ray
     parts = [
         yaml.safe_dump(header, sort_keys=False).rstrip(),
         f"--- recipe config ({config_path_in_job(plan.job)})",

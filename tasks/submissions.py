@@ -97,7 +97,20 @@ def output_state(store: ArtifactStore, record: SubmissionRecord) -> str:
 
 
 def open_experiment(record: SubmissionRecord) -> Any:
-    """The record's NeMo-Run experiment, re-opened from NeMo-Run's home on this machine."""
+    """The record's NeMo-Run experiment (or Ray job, tasks.ray_jobs), re-opened from NeMo-Run's
+    home on this machine."""
+    if record.ray_job:
+        from nemo_run.config import get_nemorun_home
+
+        from tasks import ray_jobs
+
+        try:
+            return ray_jobs.reopen(record.ray_job, record.experiment_id, record.job_id)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{record.ray_job} {record.experiment_id} is not in {get_nemorun_home()}/ray_jobs",
+                hint="status, logs and cancel work on the machine that submitted the job (or with its NEMORUN_HOME)",
+            ) from None
     from nemo_run.config import get_nemorun_home
 
     from tasks.nemo_run_import import import_nemo_run

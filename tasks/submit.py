@@ -24,6 +24,7 @@ from blocks.executors import build_executor, prepare_submission, scheduler_end_s
 from blocks.profiles import _Profile
 from blocks.settings import WandbConfig
 from tasks.artifacts import ArtifactStore, SubmissionRecord, _now
+from tasks import ray_jobs
 from tasks.job_config import JobConfig
 from recipes.nano3.outage import backoff_delays
 from tasks.nemo_run_import import import_nemo_run
@@ -39,8 +40,9 @@ UNANSWERED = "UNKNOWN"
 #: and the retry re-attaches to the same job: nothing is submitted twice).
 UNANSWERED_LIMIT_SECONDS = 15 * 60
 #: The loggers NeMo-Run's schedulers report a failed status query on.
-SCHEDULER_LOGGERS = tuple(
-    f"nemo_run.run.torchx_backend.schedulers.{name}" for name in ("slurm", "dgxcloud", "lepton", "docker")
+SCHEDULER_LOGGERS = (
+    *(f"nemo_run.run.torchx_backend.schedulers.{name}" for name in ("slurm", "dgxcloud", "lepton", "docker")),
+    "tasks.ray_jobs",
 )
 #: How often the job's state and log are read: a job's end is noticed half of this later on
 #: average; a status query of a local job costs a few milliseconds.
@@ -51,7 +53,8 @@ RESUBMITTED_STATES = ("TIMEOUT", "PREEMPTED", "NODE_FAIL")
 # The job's whole output, best first: NeMo-Run local's stdout+stderr, Slurm's, then stdout alone
 # (torchrun also writes a per-rank stdout.log below the job folder: following two files at once
 # would repeat every line).
-LOG_PATTERNS = ("combined.log", "log-*.out", "stdout.log")
+# A NeMo-Run Ray job's folder: the driver's output once it runs, the sbatch script's before.
+LOG_PATTERNS = ("combined.log", "log-*.out", "stdout.log", "ray-job.log", "sbatch_*.out")
 # torchrun's `[default0]:` and NeMo-Run's `[role/0]: ` line prefixes.
 LINE_PREFIX = re.compile(r"^\[[\w./-]{1,40}\]: ?")
 
@@ -231,20 +234,26 @@ def _job_id(exp: Any) -> str | None:
 
 
 def _reattach(record: SubmissionRecord, job: JobConfig) -> Any | None:
-    """The experiment of a previous submission if its job is still active and can be followed.
+    """The experiment (or Ray job) of a previous submission if its job is still active and can be
+    followed.
 
     A local job cannot outlive the process that started it (NeMo-Run's local scheduler), and its
     recorded status is not trustworthy afterwards: local submissions are never re-attached.
     """
     if not job.profile.job_outlives_submitter:
         return None
-    run = import_nemo_run()
-
-    try:
-        with thread_stdout(io.StringIO()):
-            exp = run.Experiment.from_id(record.experiment_id)
-    except Exception:  # noqa: BLE001 - a missing or unreadable experiment folder means: resubmit
-        return None
+    if record.ray_job:
+        try:
+            exp = ray_jobs.reopen(record.ray_job, record.experiment_id, record.job_id)
+        except FileNotFoundError:  # submitted from another NeMo-Run home: nothing to follow it with
+            return None
+    else:
+        run = import_nemo_run()
+        try:
+            with thread_stdout(io.StringIO()):
+                exp = run.Experiment.from_id(record.experiment_id)
+        except Exception:  # noqa: BLE001 - a missing or unreadable experiment folder means: resubmit
+            return None
     state, _, _ = _state(exp)
     # A scheduler that does not answer now says nothing about the job: wait for it, never resubmit.
     return exp if state in ACTIVE or state == UNANSWERED else None
@@ -339,6 +348,9 @@ def submit_and_wait(
     )
     executor = build_executor(target)
     prepare_submission(executor, target)
+    attempt = (previous.attempt + 1) if previous else 1
+    if ray_jobs.uses_ray_job(job):
+        return _submit_ray_job(job, executor, cache_key, attempt, str(config_file), store, detached, on_line)
     # NeMo-Run prints banners and hints to stdout; the job's own log lines go through on_line,
     # whose logger prints to the real stdout while we wait.
     with thread_stdout(io.StringIO()):
@@ -354,7 +366,7 @@ def submit_and_wait(
                 experiment_id=exp._id,
                 job_id=None,
                 submitted=_now(),
-                attempt=(previous.attempt + 1) if previous else 1,
+                attempt=attempt,
             )
             # Recorded before the job exists, completed the moment it does: an orchestrator killed
             # in between leaves a rerun the experiment to re-open (NeMo-Run saves its job handle
@@ -369,3 +381,32 @@ def submit_and_wait(
             # Waiting inside the block: leaving it makes NeMo-Run wait on local jobs itself.
             with thread_stdout(None):
                 return _wait(exp, on_line, reattached=False, profile=job.profile)
+
+
+def _submit_ray_job(
+    job: JobConfig, executor: Any, cache_key: str, attempt: int, config_path: str, store: ArtifactStore,
+    detached: bool, on_line: Callable[[str], None],
+) -> JobOutcome:
+    """The same steps for a NeMo-Run Ray job (tasks.ray_jobs): recorded under its name before the
+    scheduler has it, its id (Slurm job, DGX Cloud workload) added the moment the scheduler
+    answers. A rerun after a crash in between finds a Slurm job by its name in squeue (the name
+    is this attempt's own), else resubmits."""
+    name = ray_jobs.job_name(job, cache_key, attempt)
+    record = SubmissionRecord(
+        cache_key=cache_key,
+        stage=job.stage.id,
+        executor=job.profile.executor,
+        experiment_id=name,
+        job_id=None,
+        submitted=_now(),
+        attempt=attempt,
+        ray_job=job.profile.ray_job,
+    )
+    store.write_record(record)
+    exp = ray_jobs.start(job, executor, name=name, config_path=config_path)
+    store.write_record(record.model_copy(update={"job_id": exp.job_id, "submitted": _now()}))
+    on_line(f"submitted {job.profile.ray_job} {name}: job {exp.job_id}")
+    state, job_id, _ = _state(exp)
+    if detached:
+        return JobOutcome(state, exp._id, job_id, False, [])
+    return _wait(exp, on_line, reattached=False, profile=job.profile)

@@ -132,11 +132,20 @@ def test_recipe_resources_reach_every_executor(isolated: Path, stage: str, execu
     text = plan_text(isolated, stage, run=profile, config="default")
     if executor == "slurm":
         assert f"#SBATCH --nodes={nodes}\n" in text and f"#SBATCH --gpus-per-node={gpus}\n" in text
-        assert f"--container-image {image} " in text
+        # An Experiment's srun spells it `--container-image IMAGE`, NeMo-Run's ray.sub `=IMAGE`.
+        assert f"--container-image {image} " in text or f"--container-image={image} " in text
     else:
         assert f"\nnodes: {nodes}\n" in text and f"\ngpus_per_node: {gpus}\n" in text
         assert f"\ncontainer_image: {image}\n" in text
-    if stage == "rl":
+    if stage == "rl" and executor == "slurm":  # the recipe's image makes it a NeMo-Run Ray job
+        assert "\nray: NeMo-Run SlurmRayJob" in text
+        assert "# sbatch --parsable /shared/jobs/nano3-rl-<submission>/ray.sub" in text
+        assert "python '/shared/jobs/nano3-rl-<submission>/code/recipes/nano3/rl/train_megatron.py'" in text
+    elif stage == "rl" and executor == "dgxcloud":  # more than one node: a NeMo-Run Ray job
+        assert "\nray: NeMo-Run DGXCloudRayJob" in text and f"\nNUM_NODES={nodes}\n" in text
+        assert "python '/pvc/nemo_run/nano3-rl-<submission>/code/recipes/nano3/rl/train_megatron.py'" in text
+    elif stage == "rl":
+        assert "\nray: recipes/nano3/ray_cluster.py on every node; LeptonRayJob leaves" in text
         assert f"recipes/nano3/ray_cluster.py --nodes {nodes} " in text
     assert re.search(rf"^nodes: {nodes} +# recipe recipes/nano3/.*/default.yaml run.env$", text, re.M)
 
@@ -144,11 +153,10 @@ def test_recipe_resources_reach_every_executor(isolated: Path, stage: str, execu
 def test_a_profile_that_sets_the_size_and_image_wins_over_the_recipe(isolated: Path) -> None:
     """The seeds' order: the profile overlays the recipe's run.env; the command line wins over both."""
     text = plan_text(isolated, "rl", run="cluster-container", config="default")  # rl's own image is nemo-rl
-    assert "#SBATCH --nodes=2\n" in text and "--container-image nvcr.io/nvidia/nemo:25.11.nemotron_3_nano " in text
+    assert "#SBATCH --nodes=2\n" in text and "--container-image=nvcr.io/nvidia/nemo:25.11.nemotron_3_nano " in text
     text = plan_text(isolated, "rl", run="cluster-container", config="default",
                      overrides=("run.env.nodes=4", "run.env.container_image=rl.sqsh"))
-    assert "#SBATCH --nodes=4\n" in text and "--container-image rl.sqsh " in text
-    assert "recipes/nano3/ray_cluster.py --nodes 4 " in text
+    assert "#SBATCH --nodes=4\n" in text and "--container-image=rl.sqsh " in text
 
 
 def test_secrets_are_redacted_in_every_plan(isolated: Path) -> None:
