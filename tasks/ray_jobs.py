@@ -30,6 +30,7 @@ import logging
 import os
 import shlex
 import shutil
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.job_config import JobConfig
-from tasks.stages import PROJECT_ROOT, RAY_CLUSTER_SCRIPT
+from tasks.stages import RAY_CLUSTER_SCRIPT
 from tasks.thread_stdout import thread_stdout
 
 logger = logging.getLogger(__name__)
@@ -71,10 +72,11 @@ def how_ray_runs(job: JobConfig) -> str | None:
 
 
 def job_name(job: JobConfig, cache_key: str, attempt: int) -> str:
-    """One name per submission: the job folder and the Slurm job name. NeMo-Run reuses a folder's
-    packaged code and skips creating a cluster whose name is already queued; an attempt of its own
-    gets neither from an earlier one."""
-    return f"nano3-{job.stage.slug}-{cache_key[:12]}-{attempt}"
+    """One name per submission: the job folder, the Slurm job name, the DGX Cloud workload name.
+    NeMo-Run reuses a folder's packaged code and skips creating a cluster whose name is already
+    queued: an attempt of its own gets neither from an earlier one. At most 35 characters for the
+    longest stage (DGXCloudRayJob cuts a longer name, attempt number first)."""
+    return f"nano3-{job.stage.slug}-{cache_key[:8]}-{attempt}"
 
 
 def driver_command(job: JobConfig, code: str, config_path: str) -> str:
@@ -86,12 +88,24 @@ def driver_command(job: JobConfig, code: str, config_path: str) -> str:
 
 
 def _packaged_code(executor: Any, name: str, into: str) -> str:
-    """The executor's packager's archive (what an Experiment would ship), unpacked in `into/code`."""
-    archive = executor.packager.package(PROJECT_ROOT, into, name)
+    """The executor's packager's archive (what an Experiment would ship), unpacked in `into/code`.
+
+    Packaged from where NeMo-Run's executors package: a git archive from the repository of the
+    working directory, every other packager from the working directory. A packager that ships
+    nothing (`packager = "none"`) leaves the folder empty, as it leaves an Experiment's."""
+    from nemo_run.core.packaging.git import GitArchivePackager
+
+    base = Path.cwd()
+    if isinstance(executor.packager, GitArchivePackager):
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
+        base = Path(top.stdout.strip())
+    archive = executor.packager.package(base, into, name)
     code = os.path.join(into, "code")
-    with tarfile.open(archive) as tar:
-        tar.extractall(code, filter="data")
-    os.remove(archive)
+    os.makedirs(code, exist_ok=True)
+    if archive:
+        with tarfile.open(archive) as tar:
+            tar.extractall(code, filter="data")
+        os.remove(archive)
     return code
 
 
@@ -235,6 +249,11 @@ def _dgx_reopen(executor: Any, name: str, job_id: str | None) -> Any:
 
 
 def _dgx_state(ray_job: Any) -> tuple[str, str | None]:
+    """No workload id in the record: the orchestrator stopped before DGX Cloud answered the
+    workload's POST, which (nothing lists workloads by name through NeMo-Run) is taken as never
+    created: resubmitted."""
+    if not ray_job.workload_id:
+        return "UNSUBMITTED", None
     info = ray_job.status(display=False) or {}
     return DGX_STATES.get(str(info.get("state")), "UNKNOWN"), ray_job.workload_id
 
