@@ -24,8 +24,8 @@ from typing import Literal
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_ROOT = PROJECT_ROOT / "recipes" / "nano3"
-#: What every node of a `ray` stage runs before the stage's script (it starts Ray there): part of
-#: what such a job runs, so of its cache key too.
+#: What every node of a `ray` stage runs before the stage's script where NeMo-Run's Ray job cannot
+#: (it starts Ray there): part of what such a job may run, so of its cache key too.
 RAY_CLUSTER_SCRIPT = "recipes/nano3/ray_cluster.py"
 
 #: The artifact types stages exchange (the seeds' list, plus what our stages add).
@@ -57,8 +57,9 @@ def _check_types(stage_id: str, consumes: tuple[tuple[str, str], ...], produces:
 class Runtime:
     """How one backend runs a stage: the script (in the stage folder), its launcher, its types.
 
-    `ray`: every node of the job starts Ray (recipes/nano3/ray_cluster.py) and the head node runs
-    the script as the Ray driver.
+    `ray`: the job is a Ray cluster over its nodes with the script as the Ray driver on the head
+    node: NeMo-Run's Ray job for the executor, else recipes/nano3/ray_cluster.py on every node
+    (tasks.ray_jobs).
     """
 
     script: str

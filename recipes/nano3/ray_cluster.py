@@ -1,6 +1,7 @@
 """Start Ray on every node of a job, run a script as the Ray driver on the head node, stop.
 
-What each node's task of a `ray` stage runs (tasks.submission):
+What each node's task of a `ray` stage runs where NeMo-Run's Ray jobs cannot run it (tasks.ray_jobs
+says where and why: Slurm without pyxis, Lepton, one machine):
 
     python recipes/nano3/ray_cluster.py --nodes N SCRIPT --config resolved.yaml
 
