@@ -58,6 +58,9 @@ class ExecutionTarget:
     reveal_secrets: bool = True
     #: Where a Slurm job reads its secret env vars from (a 0600 file written at submission).
     secrets_file: str = ".nano3-secrets/<submission>.env"
+    #: The job's command loads that file itself, not the sbatch script's setup: NeMo-Run's ray.sub
+    #: prints every node's environment into the job's logs (tasks.ray_jobs).
+    secrets_by_command: bool = False
     #: Secret env vars from elsewhere than the profile (the W&B key of [wandb]).
     extra_secret_env: tuple[tuple[str, str], ...] = ()
     #: The profile's name, for errors.
@@ -204,14 +207,35 @@ def slurm_secrets_path(tunnel_job_dir: str, target: ExecutionTarget) -> str:
     return os.path.join(tunnel_job_dir, target.secrets_file)
 
 
+def _load_secrets(target: ExecutionTarget, tunnel_job_dir: str) -> str:
+    path = shlex.quote(slurm_secrets_path(tunnel_job_dir, target))
+    return f"set -a; . {path}; set +a; rm -f {path}"
+
+
 def slurm_secret_setup_line(target: ExecutionTarget, tunnel_job_dir: str) -> str | None:
     """The sbatch line that loads secret env vars from the 0600 file written at submission."""
     names = sorted(target.secret_env())
-    if not names:
+    if not names or target.secrets_by_command:
         return None
-    path = shlex.quote(slurm_secrets_path(tunnel_job_dir, target))
     # +v as well as +x: sbatch scripts run with `set -evx`, and -v would echo the sourced lines.
-    return f"set +vx; set -a; . {path}; set +a; rm -f {path}  # loads: {' '.join(names)}"
+    return f"set +vx; {_load_secrets(target, tunnel_job_dir)}  # loads: {' '.join(names)}"
+
+
+def _slurm_secret_command(target: ExecutionTarget, executor: Any) -> str | None:
+    if not target.secret_env() or not target.secrets_by_command:
+        return None
+    return _load_secrets(target, executor.tunnel.job_dir)
+
+
+#: executor kind → the shell commands a job's command starts with to load its secret env vars,
+#: where they travel as a file (`secrets_by_command`); elsewhere they are the job's env vars.
+SECRET_COMMANDS: dict[str, Callable[[ExecutionTarget, Any], str | None]] = {"slurm": _slurm_secret_command}
+
+
+def secret_command(target: ExecutionTarget, executor: Any) -> str | None:
+    """`set -a; . FILE; set +a; rm -f FILE` for a job whose command loads its own secrets."""
+    loader = SECRET_COMMANDS.get(target.profile.executor)
+    return loader(target, executor) if loader is not None else None
 
 
 def _slurm(target: ExecutionTarget) -> run.Executor:

@@ -79,12 +79,27 @@ def job_name(job: JobConfig, cache_key: str, attempt: int) -> str:
     return f"nano3-{job.stage.slug}-{cache_key[:8]}-{attempt}"
 
 
-def driver_command(job: JobConfig, code: str, config_path: str) -> str:
-    """What ray.sub runs on the head node once every node has joined. `RAY_ADDRESS=auto`: the
+def plan_name(job: JobConfig) -> str:
+    """The name a plan shows for the job's (its cache key and attempt are not known yet)."""
+    return f"nano3-{job.stage.slug}-<submission>"
+
+
+def secrets_file(name: str) -> str:
+    """Where, under the executor's job folder, a Slurm Ray job's secret env vars wait for its
+    driver: inside the job's own folder, which ray.sub mounts into the head node's container.
+    They are loaded by the driver's command, not ray.sub's setup, because ray.sub prints every
+    node's environment (`env`) into the job's logs."""
+    return f"{name}/.secrets.env"
+
+
+def driver_command(job: JobConfig, code: str, config_path: str, secrets: str | None) -> str:
+    """What the Ray job runs on the head node once every node has joined: the secrets loaded
+    first where they travel as a file (`secrets`), then the script. `RAY_ADDRESS=auto`: the
     script's `ray.init` joins the cluster running on its node (found by its processes, whatever
-    temp folder ray.sub gave it)."""
+    temp folder the job gave it)."""
     script = f"{code}/{job.stage.script_relpath}"
-    return f"RAY_ADDRESS=auto PYTHONPATH={shlex.quote(code)} python {shlex.quote(script)} --config {shlex.quote(config_path)}"
+    run = f"RAY_ADDRESS=auto PYTHONPATH={shlex.quote(code)} python {shlex.quote(script)} --config {shlex.quote(config_path)}"
+    return f"{secrets}; {run}" if secrets else run
 
 
 def _packaged_code(executor: Any, name: str, into: str) -> str:
@@ -125,13 +140,13 @@ def _slurm_folder(executor: Any, name: str) -> str:
     return os.path.join(executor.tunnel.job_dir, name)
 
 
-def _slurm_plan(job: JobConfig, executor: Any, config_path: str) -> str:
+def _slurm_plan(job: JobConfig, executor: Any, config_path: str, secrets: str | None) -> str:
     """The ray.sub a submission sends, rendered by NeMo-Run's SlurmRayRequest as
     SlurmRayCluster.create builds it."""
     from nemo_run.run.ray.slurm import SlurmRayRequest
 
     _with_cpus_per_worker(job, executor)
-    name = f"nano3-{job.stage.slug}-<submission>"
+    name = plan_name(job)
     folder = _slurm_folder(executor, name)
     code = os.path.join(folder, "code")
     request = SlurmRayRequest(
@@ -139,14 +154,14 @@ def _slurm_plan(job: JobConfig, executor: Any, config_path: str) -> str:
         cluster_dir=folder,
         template_name="ray.sub.j2",
         executor=executor,
-        command=driver_command(job, code, config_path),
+        command=driver_command(job, code, config_path, secrets),
         workdir=code,
         launch_cmd=["sbatch", "--parsable"],
     )
     return f"# sbatch --parsable {folder}/ray.sub  (NeMo-Run SlurmRayJob)\n{request.materialize()}"
 
 
-def _slurm_start(job: JobConfig, executor: Any, name: str, config_path: str) -> Any:
+def _slurm_start(job: JobConfig, executor: Any, name: str, config_path: str, secrets: str | None) -> Any:
     """SlurmRayJob.start, given the executor's packager's files as its `workdir` (it copies them
     to `<job folder>/code` over the tunnel): NeMo-Run's own packaging branch prints the archive's
     file list to this process's stdout. The job folder and its logs/ are made first: Slurm cannot
@@ -159,7 +174,7 @@ def _slurm_start(job: JobConfig, executor: Any, name: str, config_path: str) -> 
     executor.tunnel.run(f"mkdir -p {shlex.quote(os.path.join(folder, 'logs'))}")
     ray_job = SlurmRayJob(name=name, executor=executor)
     with tempfile.TemporaryDirectory(prefix="nano3-ray-code-") as scratch, thread_stdout(io.StringIO()):
-        ray_job.start(command=driver_command(job, os.path.join(folder, "code"), config_path),
+        ray_job.start(command=driver_command(job, os.path.join(folder, "code"), config_path, secrets),
                       workdir=_packaged_code(executor, name, scratch))
     if not ray_job.job_id:
         raise RuntimeError(f"sbatch gave no job id for the Ray job {name} ({folder}/ray.sub)")
@@ -198,14 +213,13 @@ def _dgx_folder(executor: Any, name: str) -> str:
     return f"{executor.pvc_nemo_run_dir.rstrip('/')}/{name}"
 
 
-def _dgx_plan(job: JobConfig, executor: Any, config_path: str) -> str:
+def _dgx_plan(job: JobConfig, executor: Any, config_path: str, secrets: str | None) -> str:
     """NeMo-Run's bootstrap script every pod runs, and what the workload asks for."""
     from nemo_run.run.ray.dgxcloud import build_ray_bootstrap_script
 
-    name = f"nano3-{job.stage.slug}-<submission>"
-    folder = _dgx_folder(executor, name)
+    folder = _dgx_folder(executor, plan_name(job))
     script = build_ray_bootstrap_script(
-        training_command=driver_command(job, f"{folder}/code", config_path),
+        training_command=driver_command(job, f"{folder}/code", config_path, secrets),
         gpus_per_node=executor.gpus_per_node,
         num_nodes=executor.nodes,
         head_ip_dir=executor.pvc_nemo_run_dir,
@@ -218,7 +232,7 @@ def _dgx_plan(job: JobConfig, executor: Any, config_path: str) -> str:
     )
 
 
-def _dgx_start(job: JobConfig, executor: Any, name: str, config_path: str) -> Any:
+def _dgx_start(job: JobConfig, executor: Any, name: str, config_path: str, secrets: str | None) -> Any:
     """The code first (NeMo-Run's data mover copies a folder to the PVC, as it does for an
     Experiment; DGXCloudRayJob ships none), then DGXCloudRayJob.start."""
     from nemo_run.run.ray.dgxcloud import DGXCloudRayJob
@@ -236,7 +250,7 @@ def _dgx_start(job: JobConfig, executor: Any, name: str, config_path: str) -> An
             project_id, cluster_id = executor.get_project_and_cluster_id(token)
             executor.move_data(token, project_id, cluster_id)
     ray_job = DGXCloudRayJob(name=name, executor=executor)
-    ray_job.start(command=driver_command(job, f"{folder}/code", config_path), workdir="")
+    ray_job.start(command=driver_command(job, f"{folder}/code", config_path, secrets), workdir="")
     if not ray_job.workload_id:
         raise RuntimeError(f"DGX Cloud gave no workload id for the Ray job {name}")
     return ray_job
@@ -263,8 +277,10 @@ def _dgx_state(ray_job: Any) -> tuple[str, str | None]:
 
 @dataclass(frozen=True)
 class _Backend:
-    plan: Callable[[JobConfig, Any, str], str]
-    start: Callable[[JobConfig, Any, str, str], Any]
+    #: (job, executor, config path, secret-loading commands) → the plan's submission text.
+    plan: Callable[[JobConfig, Any, str, str | None], str]
+    #: (job, executor, name, config path, secret-loading commands) → NeMo-Run's Ray job, submitted.
+    start: Callable[[JobConfig, Any, str, str, str | None], Any]
     reopen: Callable[[Any, str, str | None], Any]
     #: (state, scheduler id) of the job now.
     state: Callable[[Any], tuple[str, str | None]]
@@ -283,9 +299,9 @@ BACKENDS: dict[str, _Backend] = {
 }
 
 
-def plan_text(job: JobConfig, executor: Any, config_path: str) -> str:
+def plan_text(job: JobConfig, executor: Any, config_path: str, secrets: str | None) -> str:
     """What a submission would send (NeMo-Run's own rendering), with a placeholder name."""
-    return BACKENDS[job.profile.ray_job].plan(job, executor, config_path)
+    return BACKENDS[job.profile.ray_job].plan(job, executor, config_path, secrets)
 
 
 def _saved_executor(name: str) -> Path:
@@ -294,7 +310,7 @@ def _saved_executor(name: str) -> Path:
     return Path(get_nemorun_home()) / "ray_jobs" / name / "executor.json"
 
 
-def start(job: JobConfig, executor: Any, *, name: str, config_path: str) -> RayJobRun:
+def start(job: JobConfig, executor: Any, *, name: str, config_path: str, secrets: str | None) -> RayJobRun:
     """Submit the stage as the profile's NeMo-Run Ray job; returns once the scheduler has it.
 
     The executor is saved first, as NeMo-Run saves an Experiment's (serialized by NeMo-Run, in
@@ -307,7 +323,7 @@ def start(job: JobConfig, executor: Any, *, name: str, config_path: str) -> RayJ
     saved.touch(mode=0o600)
     saved.write_text(ZlibJSONSerializer().serialize(executor.to_config()))
     backend = BACKENDS[job.profile.ray_job]
-    return RayJobRun(backend.start(job, executor, name, config_path), backend)
+    return RayJobRun(backend.start(job, executor, name, config_path, secrets), backend)
 
 
 def reopen(ray_job: str, name: str, job_id: str | None) -> RayJobRun:

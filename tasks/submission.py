@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from blocks.executors import REDACTED, ExecutionTarget, build_executor, describe
+from blocks.executors import REDACTED, ExecutionTarget, build_executor, describe, secret_command
 from tasks import ray_jobs
 from tasks.job_config import JobConfig
 from tasks.stages import PROJECT_ROOT, RAY_CLUSTER_SCRIPT
@@ -112,6 +112,7 @@ def job_target(
         launcher=launcher_for(job),
         reveal_secrets=reveal_secrets,
         **({"secrets_file": secrets_file} if secrets_file else {}),
+        secrets_by_command=ray_jobs.uses_ray_job(job),
         extra_secret_env=tuple(sorted(secrets.items())),
         profile_name=job.profile_name,
     )
@@ -173,11 +174,13 @@ def plan_submission(
 
     run = nemo_run_for_plan(job.profile.executor)
 
-    target = job_target(job, store=store, wandb=wandb, detached=detached, reveal_secrets=False)
+    ray_job = ray_jobs.uses_ray_job(job)
+    secrets_file = ray_jobs.secrets_file(ray_jobs.plan_name(job)) if ray_job else None
+    target = job_target(job, store=store, wandb=wandb, detached=detached, reveal_secrets=False, secrets_file=secrets_file)
     executor = build_executor(target)
     view = describe(executor)
-    if ray_jobs.uses_ray_job(job):
-        text = ray_jobs.plan_text(job, executor, config_path_in_job(job))
+    if ray_job:
+        text = ray_jobs.plan_text(job, executor, config_path_in_job(job), secret_command(target, executor))
         view = describe(executor)  # with what the Ray job adds (CPUS_PER_WORKER)
         added = job_secret_env(store, wandb)
         text = redact(text, job.profile.secrets() + [added[name] for name in SECRET_ENV_NAMES if name in added])

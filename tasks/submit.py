@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blocks.executors import build_executor, prepare_submission, scheduler_end_state
+from blocks.executors import build_executor, prepare_submission, scheduler_end_state, secret_command
 from blocks.profiles import _Profile
 from blocks.settings import WandbConfig
 from tasks.artifacts import ArtifactStore, SubmissionRecord, _now
@@ -343,14 +343,15 @@ def submit_and_wait(
     config_file = Path(work_dir) / "config.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(resolved_config)
-    target = job_target(
-        job, store=store, wandb=wandb, detached=detached, secrets_file=f".nano3-secrets/{uuid.uuid4().hex}.env"
-    )
+    attempt = (previous.attempt + 1) if previous else 1
+    ray_job = ray_jobs.job_name(job, cache_key, attempt) if ray_jobs.uses_ray_job(job) else None
+    secrets_file = ray_jobs.secrets_file(ray_job) if ray_job else f".nano3-secrets/{uuid.uuid4().hex}.env"
+    target = job_target(job, store=store, wandb=wandb, detached=detached, secrets_file=secrets_file)
     executor = build_executor(target)
     prepare_submission(executor, target)
-    attempt = (previous.attempt + 1) if previous else 1
-    if ray_jobs.uses_ray_job(job):
-        return _submit_ray_job(job, executor, cache_key, attempt, str(config_file), store, detached, on_line)
+    if ray_job:
+        return _submit_ray_job(job, executor, ray_job, secret_command(target, executor), cache_key, attempt,
+                               str(config_file), store, detached, on_line)
     # NeMo-Run prints banners and hints to stdout; the job's own log lines go through on_line,
     # whose logger prints to the real stdout while we wait.
     with thread_stdout(io.StringIO()):
@@ -384,14 +385,13 @@ def submit_and_wait(
 
 
 def _submit_ray_job(
-    job: JobConfig, executor: Any, cache_key: str, attempt: int, config_path: str, store: ArtifactStore,
-    detached: bool, on_line: Callable[[str], None],
+    job: JobConfig, executor: Any, name: str, secrets: str | None, cache_key: str, attempt: int, config_path: str,
+    store: ArtifactStore, detached: bool, on_line: Callable[[str], None],
 ) -> JobOutcome:
     """The same steps for a NeMo-Run Ray job (tasks.ray_jobs): recorded under its name before the
     scheduler has it, its id (Slurm job, DGX Cloud workload) added the moment the scheduler
     answers. A rerun after a crash in between finds a Slurm job by its name in squeue (the name
     is this attempt's own), else resubmits."""
-    name = ray_jobs.job_name(job, cache_key, attempt)
     record = SubmissionRecord(
         cache_key=cache_key,
         stage=job.stage.id,
@@ -403,7 +403,7 @@ def _submit_ray_job(
         ray_job=job.profile.ray_job,
     )
     store.write_record(record)
-    exp = ray_jobs.start(job, executor, name=name, config_path=config_path)
+    exp = ray_jobs.start(job, executor, name=name, config_path=config_path, secrets=secrets)
     store.write_record(record.model_copy(update={"job_id": exp.job_id, "submitted": _now()}))
     on_line(f"submitted {job.profile.ray_job} {name}: job {exp.job_id}")
     state, job_id, _ = _state(exp)

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 #: The toy producer as a `ray` stage (RL and data prep at scale are, on backend megatron).
 RAY_PRODUCE = dataclasses.replace(PRODUCE, id="toy/ray-produce", artifact="toy-ray-numbers", launcher="ray")
 IMAGE = "nano3-test.sqsh"
+SECRET = "hf-token-of-the-ray-job"
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def job_dir(isolated: Path) -> Path:
 
 def test_with_an_image_the_stage_is_a_slurm_ray_job_followed_to_its_end(cluster, store: ArtifactStore,
                                                                          isolated: Path) -> None:  # noqa: ANN001
-    job = slurm_job(RAY_PRODUCE, job_dir(isolated), container_image=IMAGE)
+    job = slurm_job(RAY_PRODUCE, job_dir(isolated), container_image=IMAGE, env_vars={"HF_TOKEN": SECRET})
     assert ray_jobs.uses_ray_job(job)
     prepared = prepare_stage(job, store, {})
 
@@ -78,6 +79,13 @@ def test_with_an_image_the_stage_is_a_slurm_ray_job_followed_to_its_end(cluster,
     assert f"job {record.job_id} ended FAILED without a manifest" in message
     assert f"srun: unrecognized option '--container-image={IMAGE}'" in message
     assert not Path(prepared.output_url, "manifest.json").exists()
+    # The secret waits for the driver in a 0600 file of the job's folder (ray.sub mounts it), loaded
+    # by the driver's command: ray.sub prints each node's environment into its logs.
+    secrets = folder / ".secrets.env"
+    assert secrets.stat().st_mode & 0o077 == 0 and SECRET in secrets.read_text()
+    assert f"set -a; . {secrets}; set +a; rm -f {secrets}; RAY_ADDRESS=auto " in script
+    leaked = [path for path in folder.rglob("*") if path.is_file() and path != secrets and SECRET in path.read_text(errors="replace")]
+    assert leaked == [] and SECRET not in message
 
 
 def test_a_queued_ray_job_is_reattached_not_submitted_again_and_cancels(cluster, store: ArtifactStore,
