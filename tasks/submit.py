@@ -360,15 +360,7 @@ def submit_and_wait(
             leaving_without_waiting_when_stopped(exp),
         ):
             exp.add(recipe_task(job, str(config_file)), name=job.stage.slug)
-            record = SubmissionRecord(
-                cache_key=cache_key,
-                stage=job.stage.id,
-                executor=job.profile.executor,
-                experiment_id=exp._id,
-                job_id=None,
-                submitted=_now(),
-                attempt=attempt,
-            )
+            record = _new_record(job, cache_key, attempt, exp._id)
             # Recorded before the job exists, completed the moment it does: an orchestrator killed
             # in between leaves a rerun the experiment to re-open (NeMo-Run saves its job handle
             # right after submitting), never an unrecorded job to submit again.
@@ -384,6 +376,13 @@ def submit_and_wait(
                 return _wait(exp, on_line, reattached=False, profile=job.profile)
 
 
+def _new_record(job: JobConfig, cache_key: str, attempt: int, experiment_id: str, ray_job: str | None = None
+                ) -> SubmissionRecord:
+    """A submission's record before its job exists (no job id yet)."""
+    return SubmissionRecord(cache_key=cache_key, stage=job.stage.id, executor=job.profile.executor,
+                            experiment_id=experiment_id, job_id=None, submitted=_now(), attempt=attempt, ray_job=ray_job)
+
+
 def _submit_ray_job(
     job: JobConfig, executor: Any, name: str, secrets: str | None, cache_key: str, attempt: int, config_path: str,
     store: ArtifactStore, detached: bool, on_line: Callable[[str], None],
@@ -392,16 +391,7 @@ def _submit_ray_job(
     scheduler has it, its id (Slurm job, DGX Cloud workload) added the moment the scheduler
     answers. A rerun after a crash in between finds a Slurm job by its name in squeue (the name
     is this attempt's own), else resubmits."""
-    record = SubmissionRecord(
-        cache_key=cache_key,
-        stage=job.stage.id,
-        executor=job.profile.executor,
-        experiment_id=name,
-        job_id=None,
-        submitted=_now(),
-        attempt=attempt,
-        ray_job=job.profile.ray_job,
-    )
+    record = _new_record(job, cache_key, attempt, name, ray_job=job.profile.ray_job)
     store.write_record(record)
     exp = ray_jobs.start(job, executor, name=name, config_path=config_path, secrets=secrets)
     store.write_record(record.model_copy(update={"job_id": exp.job_id, "submitted": _now()}))
