@@ -46,8 +46,9 @@ logger = logging.getLogger(__name__)
 
 #: What the plan's `ray:` line says for each way (tasks.submission.render_plan).
 LAUNCHER = f"{RAY_CLUSTER_SCRIPT} on every node"
-#: Where NeMo-Run's ray.sub writes the driver's output, under the job folder.
-DRIVER_LOG = "ray-job.log"
+#: A Slurm Ray job's output, best first (tasks.submit.LogTail): the driver's, in the job folder's
+#: logs/, once it runs; ray.sub's own before (Ray starting on each node, or why it did not).
+LOG_PATTERNS = ("ray-job.log", "sbatch_*.out")
 #: The schedulers' states, folded into the names NeMo-Run's Experiment reports (tasks.submit.ACTIVE).
 SLURM_STATES = {
     "PENDING": "PENDING", "CONFIGURING": "PENDING", "REQUEUED": "PENDING", "REQUEUE_HOLD": "PENDING",

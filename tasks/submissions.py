@@ -159,10 +159,10 @@ def stream_logs(exp: Any, on_line: Callable[[str], None], *, follow: bool) -> Jo
     Log files on this machine (local jobs, Slurm through a local tunnel) are read directly, as
     the attached run does; otherwise NeMo-Run fetches them through the job's tunnel or API.
     """
-    from tasks.submit import LogTail
+    from tasks.submit import LogTail, log_patterns
 
     info = job_info(exp)
-    tail = LogTail(info.local_dir, on_line)
+    tail = LogTail(info.local_dir, on_line, log_patterns(exp))
     tail.poll()
     if tail.offsets or info.handle is None:  # a log file on this machine
         while follow and info.active:

@@ -53,8 +53,7 @@ RESUBMITTED_STATES = ("TIMEOUT", "PREEMPTED", "NODE_FAIL")
 # The job's whole output, best first: NeMo-Run local's stdout+stderr, Slurm's, then stdout alone
 # (torchrun also writes a per-rank stdout.log below the job folder: following two files at once
 # would repeat every line).
-# A NeMo-Run Ray job's folder: the driver's output once it runs, the sbatch script's before.
-LOG_PATTERNS = ("combined.log", "log-*.out", "stdout.log", "ray-job.log", "sbatch_*.out")
+LOG_PATTERNS = ("combined.log", "log-*.out", "stdout.log")
 # torchrun's `[default0]:` and NeMo-Run's `[role/0]: ` line prefixes.
 LINE_PREFIX = re.compile(r"^\[[\w./-]{1,40}\]: ?")
 
@@ -74,6 +73,11 @@ class JobOutcome:
     @property
     def stopped_by_time_limit(self) -> bool:
         return self.state == "TIMEOUT"
+
+
+def log_patterns(exp: Any) -> tuple[str, ...]:
+    """The files a job's output is in: an Experiment's, or a NeMo-Run Ray job's."""
+    return ray_jobs.LOG_PATTERNS if isinstance(exp, ray_jobs.RayJobRun) else LOG_PATTERNS
 
 
 class _SchedulerComplaints(logging.Filter):
@@ -125,16 +129,18 @@ def _state(exp: Any, complaints: _SchedulerComplaints | None = None) -> tuple[st
 class LogTail:
     """Follows the newest log file under a job folder and hands every new line to a callback."""
 
-    def __init__(self, folder: str | None, on_line: Callable[[str], None]) -> None:
+    def __init__(self, folder: str | None, on_line: Callable[[str], None],
+                 patterns: tuple[str, ...] = LOG_PATTERNS) -> None:
         self.folder = Path(folder) if folder else None
         self.on_line = on_line
+        self.patterns = patterns
         self.offsets: dict[Path, int] = {}
         self.last: list[str] = []
 
     def _newest_log(self) -> Path | None:
         if not self.folder or not self.folder.exists():
             return None
-        for pattern in LOG_PATTERNS:
+        for pattern in self.patterns:
             found = list(self.folder.rglob(pattern))
             if found:
                 return max(found, key=lambda p: p.stat().st_mtime)
@@ -291,7 +297,7 @@ def _state_when_answered(
 def _wait(exp: Any, on_line: Callable[[str], None], reattached: bool, profile: _Profile) -> JobOutcome:
     complaints = _SchedulerComplaints()
     state, job_id, local_dir = _state(exp, complaints)
-    tail = LogTail(local_dir, on_line)
+    tail = LogTail(local_dir, on_line, log_patterns(exp))
     while state in ACTIVE or (state == UNANSWERED and profile.job_outlives_submitter):
         if state == UNANSWERED:
             state, job_id, local_dir = _state_when_answered(exp, job_id, local_dir, on_line, complaints)
