@@ -125,9 +125,16 @@ def _packaged_code(executor: Any, name: str, into: str) -> str:
     return code
 
 
-def _with_cpus_per_worker(job: JobConfig, executor: Any) -> None:
-    """ray.sub gives each node's Ray 16 CPUs per GPU unless CPUS_PER_WORKER says otherwise; a
-    profile's cpus_per_task is what its nodes offer a task."""
+def _as_ray_sub_needs(job: JobConfig, executor: Any) -> None:
+    """What NeMo-Run's ray.sub takes for granted of its job:
+    - the node's whole memory (`--mem=0` unless the profile says `mem`): it probes the Ray head
+      with steps beside the head's (`srun --overlap`), and Slurm gives such a step no memory
+      while the head's step holds the job's ("Memory required by task is not available", seen on
+      a Slurm node whose job had 1 GB per CPU: the job waited out its 600 s and failed);
+    - CPUS_PER_WORKER: else each node's Ray asks for 16 CPUs per GPU; a profile's cpus_per_task
+      is what its nodes offer a task."""
+    if executor.mem is None:
+        executor.mem = "0"
     cpus = getattr(job.profile, "cpus_per_task", None)
     if cpus:
         executor.env_vars.setdefault("CPUS_PER_WORKER", str(cpus))
@@ -146,7 +153,7 @@ def _slurm_plan(job: JobConfig, executor: Any, config_path: str, secrets: str | 
     SlurmRayCluster.create builds it."""
     from nemo_run.run.ray.slurm import SlurmRayRequest
 
-    _with_cpus_per_worker(job, executor)
+    _as_ray_sub_needs(job, executor)
     name = plan_name(job)
     folder = _slurm_folder(executor, name)
     code = os.path.join(folder, "code")
@@ -169,7 +176,7 @@ def _slurm_start(job: JobConfig, executor: Any, name: str, config_path: str, sec
     start a job whose --output folder does not exist, and ray.sub makes it only once running."""
     from nemo_run.run.ray.slurm import SlurmRayJob
 
-    _with_cpus_per_worker(job, executor)
+    _as_ray_sub_needs(job, executor)
     folder = _slurm_folder(executor, name)
     executor.tunnel.connect()
     executor.tunnel.run(f"mkdir -p {shlex.quote(os.path.join(folder, 'logs'))}")

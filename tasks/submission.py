@@ -181,7 +181,7 @@ def plan_submission(
     view = describe(executor)
     if ray_job:
         text = ray_jobs.plan_text(job, executor, config_path_in_job(job), secret_command(target, executor))
-        view = describe(executor)  # with what the Ray job adds (CPUS_PER_WORKER)
+        view = describe(executor)  # with what the Ray job adds (mem, CPUS_PER_WORKER)
         added = job_secret_env(store, wandb)
         text = redact(text, job.profile.secrets() + [added[name] for name in SECRET_ENV_NAMES if name in added])
         return SubmissionPlan(job=job, detached=detached, submission=text, executor=view)

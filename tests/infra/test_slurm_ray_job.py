@@ -67,6 +67,8 @@ def test_with_an_image_the_stage_is_a_slurm_ray_job_followed_to_its_end(cluster,
     script = (folder / "ray.sub").read_text()
     # NeMo-Run's ray.sub: Ray's head in the image's container, then the stage's script as driver.
     assert f"--container-image={IMAGE} " in script and "--container-name=ray-head" in script
+    # The node's whole memory, which ray.sub's steps beside the head's need (the profile sets none).
+    assert "\n#SBATCH --mem=0\n" in script
     assert f"python {folder}/code/tests/toy_recipes/produce/produce.py --config " in script
     # The executor's packager's files, shipped by SlurmRayJob into the job folder.
     assert (folder / "code" / "tests" / "toy_recipes" / "produce" / "produce.py").is_file()
