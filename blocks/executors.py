@@ -502,6 +502,12 @@ def _prepare_slurm(executor: Any, target: ExecutionTarget) -> None:
 
 def _ship_secrets(tunnel: Any, path: str, secrets: dict[str, str], *, remote: bool) -> None:
     text = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in sorted(secrets.items()))
+    ship_private_file(tunnel, path, text, remote=remote)
+
+
+def ship_private_file(tunnel: Any, path: str, text: str, *, remote: bool) -> None:
+    """Put `text` at `path` on the cluster side of the tunnel, readable by the user alone (0600,
+    its folder 0700 when made here): never written anywhere else readable on the way."""
     with tempfile.NamedTemporaryFile("w", delete=False, prefix="nano3-secrets-") as handle:
         os.chmod(handle.name, 0o600)
         handle.write(text)

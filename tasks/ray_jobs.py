@@ -36,6 +36,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_hex
 from typing import Any
 
 from tasks.job_config import JobConfig
@@ -83,6 +84,10 @@ def job_name(job: JobConfig, cache_key: str, attempt: int) -> str:
 def plan_name(job: JobConfig) -> str:
     """The name a plan shows for the job's (its cache key and attempt are not known yet)."""
     return f"nano3-{job.stage.slug}-<submission>"
+
+
+#: The Ray token of a Slurm Ray job, in its folder (see _ray_token_env).
+RAY_TOKEN_FILE = ".ray_auth_token"
 
 
 def secrets_file(name: str) -> str:
@@ -138,6 +143,41 @@ def _as_ray_sub_needs(job: JobConfig, executor: Any) -> None:
     cpus = getattr(job.profile, "cpus_per_task", None)
     if cpus:
         executor.env_vars.setdefault("CPUS_PER_WORKER", str(cpus))
+    if SCONTROL_JSON_BEFORE_23_02 not in (executor.setup_lines or ""):
+        executor.setup_lines = "\n".join(filter(None, [executor.setup_lines, SCONTROL_JSON_BEFORE_23_02]))
+
+
+#: ray.sub learns its job's working directory from `scontrol show job --json`, which Slurm has
+#: from 23.02 on; before (22.05 is Debian 12's), the option is refused and, under ray.sub's
+#: `set -e`, the job ends once its Ray cluster is up, before the driver runs. There the same field
+#: comes from scontrol's text output; a newer Slurm's own --json is used as it is.
+SCONTROL_JSON_BEFORE_23_02 = """\
+# Slurm before 23.02 has no `scontrol --json`, which ray.sub reads the job's WorkDir with.
+if ! scontrol show job "$SLURM_JOB_ID" --json >/dev/null 2>&1; then
+  scontrol() {
+    if [[ " $* " == *" --json "* ]]; then
+      printf '{"jobs": [{"current_working_directory": "%s"}]}\\n' \\
+        "$(command scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *WorkDir=//p')"
+    else
+      command scontrol "$@"
+    fi
+  }
+fi"""
+
+
+def _ray_token_env(executor: Any, folder: str) -> str | None:
+    """Ray's token authentication, with the token in the job's folder (0600), for every node.
+
+    Ray (2.5x on) turns token auth on for `ray start --head` whenever the user's home holds a
+    token (`~/.ray/auth_token`, which any earlier local `ray.init()` writes), while `ray status`,
+    which ray.sub probes the head with, leaves it off unless RAY_AUTH_MODE says otherwise: the
+    probe is refused and the job waits out its 600 s (seen on the local Slurm). Saying `token`
+    everywhere, with a token of the job's own in the folder every node mounts, makes head,
+    workers, probes and driver agree, on a shared home or none. A profile's own RAY_AUTH_MODE
+    wins; returns the token file's path when the job's own token is used."""
+    if executor.env_vars.setdefault("RAY_AUTH_MODE", "token") != "token":
+        return None
+    return executor.env_vars.setdefault("RAY_AUTH_TOKEN_PATH", os.path.join(folder, RAY_TOKEN_FILE))
 
 
 # --- SlurmRayJob -------------------------------------------------------------------------------
@@ -156,6 +196,7 @@ def _slurm_plan(job: JobConfig, executor: Any, config_path: str, secrets: str | 
     _as_ray_sub_needs(job, executor)
     name = plan_name(job)
     folder = _slurm_folder(executor, name)
+    _ray_token_env(executor, folder)
     code = os.path.join(folder, "code")
     request = SlurmRayRequest(
         name=name,
@@ -180,6 +221,12 @@ def _slurm_start(job: JobConfig, executor: Any, name: str, config_path: str, sec
     folder = _slurm_folder(executor, name)
     executor.tunnel.connect()
     executor.tunnel.run(f"mkdir -p {shlex.quote(os.path.join(folder, 'logs'))}")
+    token_path = _ray_token_env(executor, folder)
+    if token_path is not None:
+        from blocks.executors import ship_private_file
+
+        ship_private_file(executor.tunnel, token_path, token_hex(32),
+                          remote=getattr(job.profile, "tunnel", "local") == "ssh")
     ray_job = SlurmRayJob(name=name, executor=executor)
     with tempfile.TemporaryDirectory(prefix="nano3-ray-code-") as scratch, thread_stdout(io.StringIO()):
         ray_job.start(command=driver_command(job, os.path.join(folder, "code"), config_path, secrets),
@@ -201,9 +248,24 @@ def _slurm_state(ray_job: Any) -> tuple[str, str | None]:
     info = ray_job.status(display=False)
     ray_job.job_id = info.get("job_id") or ray_job.job_id
     word = str(info.get("state") or "").split()[0] if info.get("state") else ""
+    if word == "COMPLETING" and ray_job.job_id:
+        word = _accounted_end(ray_job) or word
     if word in SLURM_STATES:
         return SLURM_STATES[word], ray_job.job_id
     return ("UNKNOWN" if word in ("", "UNKNOWN") else "FAILED"), ray_job.job_id
+
+
+def _accounted_end(ray_job: Any) -> str | None:
+    """The job's end state in Slurm's accounting while squeue still says COMPLETING, else None.
+
+    NeMo-Run asks squeue first: a job stays COMPLETING there until every node has cleaned up,
+    and Ray's processes hold a step's output open for a minute after its batch script ended
+    (seen on the local Slurm: 70 s). The outcome is final when the batch script ends, and it is
+    what an Experiment's job is followed by (sacct)."""
+    listed = ray_job.executor.tunnel.run(
+        f"sacct -j {shlex.quote(str(ray_job.job_id))} -X --format=State --noheader --parsable2", warn=True)
+    state = (listed.stdout or "").strip().split("\n")[0].split(" ")[0] if listed.return_code == 0 else ""
+    return state if state and state not in ("RUNNING", "PENDING", "COMPLETING") else None
 
 
 # --- DGXCloudRayJob ----------------------------------------------------------------------------

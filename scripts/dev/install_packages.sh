@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install the Debian packages the local Slurm, MariaDB (for sacct) and PostgreSQL need, and the
-# headless Chromium (with its matching chromedriver) that the UI tests look at the Prefect UI with.
+# Install the Debian packages the local Slurm, MariaDB (for sacct) and PostgreSQL need, the headless
+# Chromium (with its matching chromedriver) that the UI tests look at the Prefect UI with, and what
+# NeMo-Run's ray.sub needs of a Slurm node: jq, pmix (`srun --mpi=pmix`), and a C compiler with
+# Slurm's headers for local_slurm.py's --host-containers plugin.
 #
 # Idempotent and quiet: packages already installed are skipped, and nothing is fetched when all
 # are present. The packages' own services are kept from starting while they install (a
@@ -8,7 +10,8 @@
 # a folder of their choosing; a system-wide slurmctld or mariadbd would hold the default ports.
 set -euo pipefail
 
-PACKAGES=(slurm-wlm slurmctld slurmd slurmdbd munge mariadb-server postgresql chromium chromium-driver)
+PACKAGES=(slurm-wlm slurmctld slurmd slurmdbd munge mariadb-server postgresql chromium chromium-driver
+          jq libpmix-dev gcc libc6-dev libslurm-dev)
 
 installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]

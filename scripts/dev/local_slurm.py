@@ -9,7 +9,11 @@ state, logs and pid files under one folder and on free ports, so it touches neit
 Slurm or MariaDB the machine may already run. slurmdbd is there because NeMo-Run reads job
 states only from `sacct`; without it every job reads UNKNOWN. `--gpus N` adds N fake GPUs
 (character devices made with mknod, Gres=gpu:N) so `--gpus-per-node` jobs get
-CUDA_VISIBLE_DEVICES. Needs root: slurmd starts jobs as their users.
+CUDA_VISIBLE_DEVICES. `--host-containers` builds and loads a SPANK plugin (host_containers.c,
+beside this file) that accepts pyxis's `--container-*` srun options and runs each task on the
+host: this machine has no container runtime, so a profile's container_image would otherwise
+make every srun fail (NeMo-Run's ray.sub passes them on every step). Needs root: slurmd starts
+jobs as their users.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ DEFAULT_DIR = ".nano3/dev/slurm"
 CLUSTER_NAME = "nano3"
 DEFAULT_PARTITION = "debug"
 INSTALL_HINT = "run scripts/dev/install_packages.sh (apt-get install slurm-wlm slurmdbd mariadb-server munge)"
+HOST_CONTAINERS_SOURCE = Path(__file__).resolve().with_name("host_containers.c")
+#: What building the plugin and running NeMo-Run's ray.sub (`srun --mpi=pmix`) need.
+HOST_CONTAINERS_HINT = "run scripts/dev/install_packages.sh (apt-get install gcc libslurm-dev libpmix-dev)"
 #: Start order; stop goes the other way. Each name is also the program its pid must be running.
 DAEMONS = ["munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd"]
 #: Unix sockets (munge, MariaDB, slurmstepd) live under the folder; the kernel caps their paths.
@@ -61,6 +68,7 @@ class SlurmCluster:
     partition: str
     gpus: int
     node: str
+    host_containers: bool = False
 
     @property
     def env(self) -> dict[str, str]:
@@ -76,6 +84,7 @@ class _Layout:
         self.etc, self.log, self.run, self.pids = (self.root / n for n in ("etc", "log", "run", "pids"))
         self.state, self.spool, self.devices = self.root / "state", self.root / "spool", self.root / "dev"
         self.mariadb_data = self.root / "mariadb"
+        self.tmp = self.root / "tmp"
         self.slurm_conf = self.etc / "slurm.conf"
         self.munge_socket = self.run / "munge.socket"
         self.mariadb_socket = self.run / "mariadb.sock"
@@ -94,19 +103,21 @@ def running_daemons(folder: Path) -> dict[str, int | None]:
 
 
 def start_slurm(folder: Path, *, gpus: int | None = None, partition: str | None = None,
-                timeout: float = 60) -> SlurmCluster:
+                host_containers: bool | None = None, timeout: float = 60) -> SlurmCluster:
     """Start every daemon and wait until `sinfo` shows the node idle and `sacct` answers.
 
-    `gpus` (default 0) and `partition` (default DEFAULT_PARTITION) left as None accept a cluster
-    that already runs with any; given, they must match it.
+    `gpus` (default 0), `partition` (default DEFAULT_PARTITION) and `host_containers` (default
+    off) left as None accept a cluster that already runs with any; given, they must match it.
     """
     layout = _Layout(folder)
     pids = running_daemons(folder)
     if all(pids.values()) and layout.cluster_file.is_file():
         running = SlurmCluster(**json.loads(layout.cluster_file.read_text()))
-        if gpus not in (None, running.gpus) or partition not in (None, running.partition):
-            raise DevServiceError(f"already running in {layout.root} with {running.gpus} fake GPUs and partition "
-                                  f"{running.partition}; stop it first to change them")
+        if (gpus not in (None, running.gpus) or partition not in (None, running.partition)
+                or host_containers not in (None, running.host_containers)):
+            raise DevServiceError(f"already running in {layout.root} with {running.gpus} fake GPUs, partition "
+                                  f"{running.partition} and host containers {'on' if running.host_containers else 'off'}; "
+                                  "stop it first to change them")
         return running
     if any(pids.values()):
         up = ", ".join(name for name, pid in pids.items() if pid)
@@ -119,14 +130,17 @@ def start_slurm(folder: Path, *, gpus: int | None = None, partition: str | None 
     if len(str(layout.spool)) + 40 > MAX_SOCKET_PATH:
         raise DevServiceError(f"folder path too long for Unix sockets: {layout.root}; use a shorter --dir")
 
-    for needed in (layout.etc, layout.log, layout.run, layout.pids, layout.state, layout.spool, layout.devices):
+    for needed in (layout.etc, layout.log, layout.run, layout.pids, layout.state, layout.spool, layout.devices,
+                   layout.tmp):
         needed.mkdir(parents=True, exist_ok=True)
     node = socket.gethostname().split(".")[0]
     ctld_port, slurmd_port, dbd_port, mariadb_port = free_ports(4)
     cluster = SlurmCluster(dir=str(layout.root), slurm_conf=str(layout.slurm_conf), cluster=CLUSTER_NAME,
-                           partition=partition or DEFAULT_PARTITION, gpus=gpus or 0, node=node)
+                           partition=partition or DEFAULT_PARTITION, gpus=gpus or 0, node=node,
+                           host_containers=bool(host_containers))
     gpu_devices = _make_fake_gpus(layout, cluster.gpus)
-    _write_configs(layout, cluster, programs["slurmd"], gpu_devices,
+    plugstack = _build_host_containers(layout) if cluster.host_containers else None
+    _write_configs(layout, cluster, programs["slurmd"], gpu_devices, plugstack,
                    ctld_port=ctld_port, slurmd_port=slurmd_port, dbd_port=dbd_port, mariadb_port=mariadb_port)
     env = dict(os.environ, SLURM_CONF=str(layout.slurm_conf))
 
@@ -150,14 +164,34 @@ def start_slurm(folder: Path, *, gpus: int | None = None, partition: str | None 
     return cluster
 
 
-def stop_slurm(folder: Path) -> list[str]:
-    """Stop the daemons recorded in the folder's pid files, newest first; return those that ran."""
+def stop_slurm(folder: Path, *, timeout: float = 60) -> list[str]:
+    """Cancel the cluster's jobs, then stop the daemons recorded in the folder's pid files, newest
+    first; return those that ran. A job still running when slurmd stops would run on, orphaned
+    (its slurmstepd and processes stay), and hold ports and files the next cluster needs."""
     layout = _Layout(folder)
     stopped = []
-    for name in reversed(DAEMONS):
-        if stop_pid(layout.pid_file(name), name):
-            stopped.append(name)
+    try:
+        if running_daemons(folder)["slurmctld"] and running_daemons(folder)["slurmd"]:
+            _cancel_jobs(layout, timeout)
+    finally:
+        for name in reversed(DAEMONS):
+            if stop_pid(layout.pid_file(name), name):
+                stopped.append(name)
     return stopped
+
+
+def _cancel_jobs(layout: _Layout, timeout: float) -> None:
+    env = dict(os.environ, SLURM_CONF=str(layout.slurm_conf))
+
+    def queued() -> list[str]:
+        listed = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True, timeout=30)
+        return listed.stdout.split() if listed.returncode == 0 else []
+
+    jobs = queued()
+    if jobs:
+        subprocess.run(["scancel", "--full", *jobs], env=env, capture_output=True, timeout=30)
+        wait_until(lambda: not queued(), what="the cancelled jobs to end", timeout=timeout,
+                   log_file=layout.log_file("slurmd"))
 
 
 #: The daemons `restart_daemon` can bounce: what each runs as, and the config key of its port.
@@ -201,7 +235,24 @@ def _make_fake_gpus(layout: _Layout, count: int) -> list[Path]:
     return devices
 
 
-def _write_configs(layout: _Layout, cluster: SlurmCluster, slurmd: str, gpu_devices: list[Path], *,
+def _build_host_containers(layout: _Layout) -> Path:
+    """Compile host_containers.c into the cluster's folder; return the plugstack.conf loading it."""
+    compiler = require_command("cc", HOST_CONTAINERS_HINT)
+    if not Path("/usr/include/slurm/spank.h").is_file():
+        raise MissingPrerequisite(f"no /usr/include/slurm/spank.h to build {HOST_CONTAINERS_SOURCE.name}: "
+                                  f"{HOST_CONTAINERS_HINT}")
+    plugin = layout.etc / "host_containers.so"
+    built = subprocess.run([compiler, "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(plugin),
+                            str(HOST_CONTAINERS_SOURCE)], capture_output=True, text=True)
+    if built.returncode != 0:
+        raise DevServiceError(f"cannot build {HOST_CONTAINERS_SOURCE}: {built.stderr.strip()}")
+    plugstack = layout.etc / "plugstack.conf"
+    plugstack.write_text(f"required {plugin}\n")
+    return plugstack
+
+
+def _write_configs(layout: _Layout, cluster: SlurmCluster, slurmd: str, gpu_devices: list[Path],
+                   plugstack: Path | None, *,
                    ctld_port: int, slurmd_port: int, dbd_port: int, mariadb_port: int) -> None:
     """slurm.conf, gres.conf and slurmdbd.conf: Slurm finds the last two beside the first."""
     auth = f"AuthType=auth/munge\nAuthInfo=socket={layout.munge_socket}\n"
@@ -213,6 +264,9 @@ def _write_configs(layout: _Layout, cluster: SlurmCluster, slurmd: str, gpu_devi
         f"{auth}"
         "SlurmUser=root\nSlurmdUser=root\n"
         f"StateSaveLocation={layout.state}\nSlurmdSpoolDir={layout.spool}\n"
+        # Each step's scratch (pmix's per-step folders among it) in the cluster's folder: job ids
+        # start at 1 in every new cluster, and a folder left in /tmp by an earlier one would clash.
+        f"TmpFS={layout.tmp}\n"
         f"SlurmctldPidFile={layout.run / 'slurmctld.pid'}\nSlurmdPidFile={layout.run / 'slurmd.pid'}\n"
         f"SlurmctldLogFile={layout.log_file('slurmctld')}\nSlurmdLogFile={layout.log_file('slurmd')}\n"
         # No cgroups here: track processes by parent pid and bind no tasks.
@@ -227,6 +281,7 @@ def _write_configs(layout: _Layout, cluster: SlurmCluster, slurmd: str, gpu_devi
         "JobAcctGatherType=jobacct_gather/none\nAccountingStorageTRES=gres/gpu\n"
         f"{_node_line(slurmd, cluster.node)} NodeAddr=127.0.0.1{gres} State=UNKNOWN\n"
         f"PartitionName={cluster.partition} Nodes={cluster.node} Default=YES MaxTime=INFINITE State=UP\n"
+        + (f"PlugStackConfig={plugstack}\n" if plugstack else "")
     )
     (layout.etc / "gres.conf").write_text(
         "".join(f"NodeName={cluster.node} Name=gpu File={device}\n" for device in gpu_devices)
@@ -320,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_line(__doc__.splitlines()[0], DEFAULT_DIR)
     parser.add_argument("--gpus", type=int, help="fake GPUs on the node, Gres=gpu:N (default 0)")
     parser.add_argument("--partition", help=f"name of the one partition (default {DEFAULT_PARTITION})")
+    parser.add_argument("--host-containers", action="store_true", default=None,
+                        help="accept pyxis's --container-* srun options, running each task on the host")
     args = parser.parse_args(argv)
 
     def act() -> int:
@@ -334,12 +391,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if all(pids.values()) else 1
         already = all(running_daemons(args.dir).values())
         started = time.monotonic()
-        cluster = start_slurm(args.dir, gpus=args.gpus, partition=args.partition)
+        cluster = start_slurm(args.dir, gpus=args.gpus, partition=args.partition,
+                              host_containers=args.host_containers)
         if already:
             print(f"already running in {cluster.dir}")
         else:
             print(f"started in {time.monotonic() - started:.1f} s: node {cluster.node}, partition "
-                  f"{cluster.partition}, {cluster.gpus} fake GPUs, cluster {cluster.cluster}")
+                  f"{cluster.partition}, {cluster.gpus} fake GPUs, cluster {cluster.cluster}"
+                  + (", host containers" if cluster.host_containers else ""))
         print(f"export SLURM_CONF={cluster.slurm_conf}")
         return 0
 

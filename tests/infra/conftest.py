@@ -42,7 +42,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
     """A one-node Slurm (partition `debug`, account `root`) whose node has TEST_GPUS fake GPUs."""
     folder = tmp_path_factory.mktemp("slurm")
     try:
-        cluster = start_slurm(folder, gpus=TEST_GPUS)
+        cluster = start_slurm(folder, gpus=TEST_GPUS, host_containers=True)
     except MissingPrerequisite as missing:
         pytest.skip(str(missing))
     try:

@@ -44,11 +44,32 @@ def test_asking_for_more_gpus_than_the_node_has_is_refused(slurm_cluster: SlurmC
     assert "Requested node configuration is not available" in refused.stderr
 
 
+def test_pyxis_options_are_accepted_and_the_step_runs_on_the_host_in_its_workdir(slurm_cluster: SlurmCluster,
+                                                                                 tmp_path: Path) -> None:
+    assert slurm_cluster.host_containers
+    work = tmp_path / "step-workdir"
+    work.mkdir()
+    ran = subprocess.run(["srun", "--container-image=nano3.sqsh", f"--container-mounts={tmp_path}:{tmp_path},{work}",
+                          f"--container-workdir={work}", "--container-name=ray-head", "--no-container-mount-home",
+                          "--mpi=pmix", "pwd"],
+                         cwd=tmp_path, env=slurm_env(slurm_cluster), capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == f"{work}\n"
+
+
+def test_a_mount_only_a_container_could_make_fails_the_step_and_names_it(slurm_cluster: SlurmCluster,
+                                                                         tmp_path: Path) -> None:
+    refused = subprocess.run(["srun", "--container-image=nano3.sqsh", f"--container-mounts={tmp_path}:/data", "true"],
+                             cwd=tmp_path, env=slurm_env(slurm_cluster), capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert f"the mount {tmp_path}:/data needs a container" in refused.stderr
+
+
 def test_starting_again_reuses_the_running_daemons(slurm_cluster: SlurmCluster) -> None:
     before = running_daemons(Path(slurm_cluster.dir))
 
     again = start_slurm(Path(slurm_cluster.dir), gpus=slurm_cluster.gpus)
-    with pytest.raises(DevServiceError, match="with 2 fake GPUs and partition debug; stop it first"):
+    with pytest.raises(DevServiceError, match="with 2 fake GPUs, partition debug and host containers on; stop it first"):
         start_slurm(Path(slurm_cluster.dir), gpus=slurm_cluster.gpus + 1)
 
     assert again == slurm_cluster
