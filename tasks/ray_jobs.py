@@ -137,7 +137,8 @@ def _as_ray_sub_needs(job: JobConfig, executor: Any) -> None:
       while the head's step holds the job's ("Memory required by task is not available", seen on
       a Slurm node whose job had 1 GB per CPU: the job waited out its 600 s and failed);
     - CPUS_PER_WORKER: else each node's Ray asks for 16 CPUs per GPU; a profile's cpus_per_task
-      is what its nodes offer a task."""
+      is what its nodes offer a task;
+    - `scontrol show job --json` (SCONTROL_JSON_BEFORE_23_02)."""
     if executor.mem is None:
         executor.mem = "0"
     cpus = getattr(job.profile, "cpus_per_task", None)
