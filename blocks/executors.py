@@ -552,17 +552,23 @@ def prepare_submission(executor: Any, target: ExecutionTarget) -> None:
         preparer(executor, target)
 
 
-def _slurm_end_state(exp: Any, job_id: str) -> str | None:
-    tunnel = getattr(exp.jobs[0].executor, "tunnel", None) if exp.jobs else None
-    if tunnel is None:
-        return None
-    for _ in range(5):  # right after a job ends, sacct may not list it for a second or two
+def slurm_accounted_state(tunnel: Any, job_id: str, *, tries: int = 5) -> str | None:
+    """The job's state in Slurm's accounting (`sacct -X`: COMPLETED, TIMEOUT, CANCELLED…), over
+    the executor's tunnel; None if sacct lists no row in `tries` questions a second apart (right
+    after a job ends it may not list it for a second or two)."""
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(1)
         result = tunnel.run(f"sacct --noheader --parsable2 -X --format=State -j {shlex.quote(job_id)}", warn=True, in_stream=False)
         words = (result.stdout or "").split()
         if words:
             return words[0]
-        time.sleep(1)
     return None
+
+
+def _slurm_end_state(exp: Any, job_id: str) -> str | None:
+    tunnel = getattr(exp.jobs[0].executor, "tunnel", None) if exp.jobs else None
+    return slurm_accounted_state(tunnel, job_id) if tunnel is not None else None
 
 
 #: executor kind → the scheduler's own word for how a job ended, where NeMo-Run folds it away.

@@ -130,7 +130,7 @@ def _packaged_code(executor: Any, name: str, into: str) -> str:
     return code
 
 
-def _as_ray_sub_needs(job: JobConfig, executor: Any) -> None:
+def _as_ray_sub_needs(job: JobConfig, executor: Any, folder: str) -> str | None:
     """What NeMo-Run's ray.sub takes for granted of its job:
     - the node's whole memory (`--mem=0` unless the profile says `mem`): it probes the Ray head
       with steps beside the head's (`srun --overlap`), and Slurm gives such a step no memory
@@ -138,7 +138,9 @@ def _as_ray_sub_needs(job: JobConfig, executor: Any) -> None:
       a Slurm node whose job had 1 GB per CPU: the job waited out its 600 s and failed);
     - CPUS_PER_WORKER: else each node's Ray asks for 16 CPUs per GPU; a profile's cpus_per_task
       is what its nodes offer a task;
-    - `scontrol show job --json` (SCONTROL_JSON_BEFORE_23_02)."""
+    - `scontrol show job --json` (SCONTROL_JSON_BEFORE_23_02);
+    - that `ray status` and the head agree on Ray's token auth (_ray_token_env): returns the path
+      of the job's own token when it has one, for the submission to write."""
     if executor.mem is None:
         executor.mem = "0"
     cpus = getattr(job.profile, "cpus_per_task", None)
@@ -146,6 +148,7 @@ def _as_ray_sub_needs(job: JobConfig, executor: Any) -> None:
         executor.env_vars.setdefault("CPUS_PER_WORKER", str(cpus))
     if SCONTROL_JSON_BEFORE_23_02 not in (executor.setup_lines or ""):
         executor.setup_lines = "\n".join(filter(None, [executor.setup_lines, SCONTROL_JSON_BEFORE_23_02]))
+    return _ray_token_env(executor, folder)
 
 
 #: ray.sub learns its job's working directory from `scontrol show job --json`, which Slurm has
@@ -194,10 +197,9 @@ def _slurm_plan(job: JobConfig, executor: Any, config_path: str, secrets: str | 
     SlurmRayCluster.create builds it."""
     from nemo_run.run.ray.slurm import SlurmRayRequest
 
-    _as_ray_sub_needs(job, executor)
     name = plan_name(job)
     folder = _slurm_folder(executor, name)
-    _ray_token_env(executor, folder)
+    _as_ray_sub_needs(job, executor, folder)
     code = os.path.join(folder, "code")
     request = SlurmRayRequest(
         name=name,
@@ -218,16 +220,14 @@ def _slurm_start(job: JobConfig, executor: Any, name: str, config_path: str, sec
     start a job whose --output folder does not exist, and ray.sub makes it only once running."""
     from nemo_run.run.ray.slurm import SlurmRayJob
 
-    _as_ray_sub_needs(job, executor)
     folder = _slurm_folder(executor, name)
+    token_path = _as_ray_sub_needs(job, executor, folder)
     executor.tunnel.connect()
     executor.tunnel.run(f"mkdir -p {shlex.quote(os.path.join(folder, 'logs'))}")
-    token_path = _ray_token_env(executor, folder)
     if token_path is not None:
         from blocks.executors import ship_private_file
 
-        ship_private_file(executor.tunnel, token_path, token_hex(32),
-                          remote=getattr(job.profile, "tunnel", "local") == "ssh")
+        ship_private_file(executor.tunnel, token_path, token_hex(32), remote=job.profile.tunnel == "ssh")
     ray_job = SlurmRayJob(name=name, executor=executor)
     with tempfile.TemporaryDirectory(prefix="nano3-ray-code-") as scratch, thread_stdout(io.StringIO()):
         ray_job.start(command=driver_command(job, os.path.join(folder, "code"), config_path, secrets),
@@ -250,23 +250,17 @@ def _slurm_state(ray_job: Any) -> tuple[str, str | None]:
     ray_job.job_id = info.get("job_id") or ray_job.job_id
     word = str(info.get("state") or "").split()[0] if info.get("state") else ""
     if word == "COMPLETING" and ray_job.job_id:
-        word = _accounted_end(ray_job) or word
+        # The outcome is final once the batch script has ended, while squeue (which NeMo-Run asks
+        # first) shows the job COMPLETING until every node has cleaned up: Ray's processes hold a
+        # step's output open for up to a minute after (70 s seen on the local Slurm). Accounting
+        # has the end state already, as it has for an Experiment's job.
+        from blocks.executors import slurm_accounted_state
+
+        ended = slurm_accounted_state(ray_job.executor.tunnel, str(ray_job.job_id), tries=1)
+        word = ended if ended not in (None, "RUNNING", "PENDING", "COMPLETING") else word
     if word in SLURM_STATES:
         return SLURM_STATES[word], ray_job.job_id
     return ("UNKNOWN" if word in ("", "UNKNOWN") else "FAILED"), ray_job.job_id
-
-
-def _accounted_end(ray_job: Any) -> str | None:
-    """The job's end state in Slurm's accounting while squeue still says COMPLETING, else None.
-
-    NeMo-Run asks squeue first: a job stays COMPLETING there until every node has cleaned up,
-    and Ray's processes hold a step's output open for a minute after its batch script ended
-    (seen on the local Slurm: 70 s). The outcome is final when the batch script ends, and it is
-    what an Experiment's job is followed by (sacct)."""
-    listed = ray_job.executor.tunnel.run(
-        f"sacct -j {shlex.quote(str(ray_job.job_id))} -X --format=State --noheader --parsable2", warn=True)
-    state = (listed.stdout or "").strip().split("\n")[0].split(" ")[0] if listed.return_code == 0 else ""
-    return state if state and state not in ("RUNNING", "PENDING", "COMPLETING") else None
 
 
 # --- DGXCloudRayJob ----------------------------------------------------------------------------

@@ -171,7 +171,8 @@ def stop_slurm(folder: Path, *, timeout: float = 60) -> list[str]:
     layout = _Layout(folder)
     stopped = []
     try:
-        if running_daemons(folder)["slurmctld"] and running_daemons(folder)["slurmd"]:
+        pids = running_daemons(folder)
+        if pids["slurmctld"] and pids["slurmd"]:
             _cancel_jobs(layout, timeout)
     finally:
         for name in reversed(DAEMONS):
